@@ -1,0 +1,40 @@
+"""npunet: a NumPy + Numba CPU inference engine for the depthwise-separable ECA U-Net of Cheng et al.
+(FLARE 2024 Task 2, 13 abdominal organs in CT). No PyTorch needed.
+
+    import npunet
+    net = npunet.load()                       # shipped default weights (or npunet.load("file.npuw"))
+    logits = net(x)                           # (N, 3, H, W) float32 -> (N, 14, H, W) float32
+    labels_img = npunet.segment_image(img)    # nibabel CT image -> uint8 label image on the same grid
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+DEFAULT_WEIGHTS_NAME = "dsconv_eca_unet.npuw"
+
+
+def default_weights_path() -> Path:
+    """$NPUNET_WEIGHTS if set, else the weights shipped in the repository's weights/ folder."""
+    env = os.environ.get("NPUNET_WEIGHTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS_NAME
+
+
+def load(path=None):
+    """The network stored in an npunet weights file (default: the shipped weights), verified.
+
+    Raises npunet.errors.WeightsError with a one-line message if the file is missing or does not verify.
+    """
+    from npunet.network import from_file
+    return from_file(default_weights_path() if path is None else path)
+
+
+def segment_image(img, model=None, **options):
+    """A nibabel CT image -> a uint8 nibabel label image on the same grid (see npunet.segment_cli)."""
+    from npunet.segment_cli import segment_image as _segment_image
+    return _segment_image(img, model=model, **options)

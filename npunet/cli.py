@@ -1,0 +1,45 @@
+"""The `npunet` command: segment, evaluate, summary. Each subcommand lives in its own module, which gives
+`add_arguments(parser)` and `run(args) -> exit code`; this file only dispatches and turns user errors into
+one-line messages with a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from npunet.errors import NpunetError
+
+COMMANDS = {
+    "segment": ("npunet.segment_cli", "segment a CT (NIfTI file, DICOM folder, or folder of cases) into 13 organs"),
+    "evaluate": ("npunet.evaluate", "score label maps against ground truth with the FLARE DSC / NSD protocol"),
+    "summary": ("npunet.summary", "per-layer shapes, parameters and multiply-adds of a network"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npunet",
+        description="NumPy + Numba CPU engine for the depthwise-separable ECA U-Net (abdominal CT, 13 organs).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except NpunetError as exc:
+        print(f"npunet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"npunet {args.command}: interrupted", file=sys.stderr)
+        return 130

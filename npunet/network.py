@@ -1,0 +1,102 @@
+"""The U-Net, built from its spec and run with npunet's kernels.
+
+`Network(spec, tensors)` walks `npunet.spec.layer_plan(spec)`: every layer is one kernel call on NCHW float32
+arrays, and its tensors are looked up by the torch module path (`encoder.1.convs.0.pointwise.weight`), so
+there is no hand-written mapping between torch and npunet. `Network.trace(x)` returns every layer's
+output, for teaching and for debugging parity.
+
+    net = npunet.load()                    # the shipped weights, or npunet.load("my.npuw")
+    logits = net(x)                        # x (N, 3, H, W) float32 -> (N, 14, H, W) float32
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npunet import kernels as K
+from npunet.spec import Layer, expected_tensors, layer_plan
+
+
+class Network:
+    def __init__(self, spec: dict, tensors: dict[str, np.ndarray], labels: dict | None = None,
+                 preprocessing: dict | None = None, metadata: dict | None = None):
+        want = expected_tensors(spec)
+        missing = [k for k in want if k not in tensors]
+        if missing:
+            raise ValueError(f"tensors missing for spec {spec['name']!r}: {missing[:5]}")
+        self.spec = spec
+        self.tensors = {k: np.ascontiguousarray(tensors[k], dtype=np.float32) for k in want}
+        self.plan = layer_plan(spec)
+        self.labels = {int(k): v for k, v in (labels or {}).items()}
+        self.preprocessing = dict(preprocessing or {})
+        self.metadata = dict(metadata or {})
+        self.groups = spec["norm"]["groups"]
+        self.eps = float(spec["norm"]["eps"])
+        self.align_corners = bool(spec["upsample"].get("align_corners", False))
+        self.downsampling = 2 ** (len(spec["encoder"]) - 1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec["num_classes"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W), float32."""
+        for _, out in self._run(x, keep=False):
+            pass
+        return out
+
+    def trace(self, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:
+        """Every layer with its output, in execution order (for teaching and parity debugging)."""
+        return list(self._run(x, keep=True))
+
+    def _run(self, x, keep: bool):
+        x = self._check_input(x)
+        skips: dict[int, np.ndarray] = {}
+        for layer in self.plan:
+            x = self._apply(layer, x, skips)
+            yield layer, (x.copy() if keep else x)
+
+    def _check_input(self, x) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        c, d = self.spec["in_channels"], self.downsampling
+        if x.ndim != 4 or x.shape[1] != c:
+            raise ValueError(f"input must be (N, {c}, H, W), got {x.shape}")
+        if x.shape[2] % d or x.shape[3] % d:
+            raise ValueError(f"input height and width must be multiples of {d} for "
+                             f"{len(self.spec['encoder'])} encoder stages, got {x.shape[2]}x{x.shape[3]}")
+        return x
+
+    def _apply(self, layer: Layer, x: np.ndarray, skips: dict) -> np.ndarray:
+        t, n = self.tensors, layer.name
+        op = layer.op
+        if op == "conv3x3":
+            return K.conv3x3(x, t[f"{n}.weight"])
+        if op == "depthwise":
+            return K.depthwise_conv3x3(x, t[f"{n}.weight"])
+        if op == "pointwise":
+            return K.pointwise_conv(x, t[f"{n}.weight"])
+        if op == "norm_relu":
+            return K.group_norm(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups, self.eps, relu=True)
+        if op == "eca":
+            return K.eca(x, t[f"{n}.conv.weight"])
+        if op == "maxpool":
+            return K.max_pool2x2(x)
+        if op == "save_skip":
+            skips[dict([layer.extra])["skip"]] = x
+            return x
+        if op == "upsample":
+            return K.upsample_bilinear2x(x, align_corners=self.align_corners)
+        if op == "transpose":
+            return K.conv_transpose2x2(x, t[f"{n}.weight"], t[f"{n}.bias"])
+        if op == "concat":
+            return K.concat_channels(skips.pop(dict([layer.extra])["skip"]), x)
+        if op == "head":
+            return K.pointwise_conv(x, t[f"{n}.weight"], t[f"{n}.bias"])
+        raise ValueError(f"unknown layer op {op!r} in {n}")
+
+
+def from_file(path) -> Network:
+    """A Network from an npunet weights file (verified by npunet.weights.read_weights)."""
+    from npunet.weights import read_weights
+    header, tensors = read_weights(path)
+    return Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"))

@@ -1,0 +1,120 @@
+"""From a CT volume to network input slices, and back: the one preprocessing shared by inference
+(npunet.pipeline) and training (tools/train.py), so the two cannot drift apart.
+
+    view = canonical(volume, affine)       # a view of the volume in RAS order: axial slices along the last axis
+    x, window = prepare_slices(view.data, z_indices, params)   # (B, 3, 192, 192) float32
+    labels_native = view.back(labels_ras)  # the same voxels in the input's own array order
+
+Steps (parameters come from the weights file, see DEFAULT_PREPROCESSING):
+  1. reorient (views only, no copy) so axis 2 runs inferior -> superior and the slice plane is (R, A);
+  2. 2.5D: for slice z, the channels are slices [z-1, z, z+1], clamped at the volume ends;
+  3. HU clip to [hu_min, hu_max], then (x - hu_min) / (hu_max - hu_min)  ->  [0, 1];
+  4. pad the slice to a square with 0 (air after step 3), centred, so anatomy keeps its aspect ratio;
+  5. bilinear resize to input_size x input_size (align_corners False, no antialias).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+DEFAULT_PREPROCESSING = {
+    "orientation": "RAS",
+    "context_slices": 1,
+    "hu_min": -160.0,
+    "hu_max": 300.0,
+    "pad_to_square": True,
+    "pad_value": 0.0,
+    "input_size": 192,
+    "resize": "bilinear, align_corners=False, no antialias",
+    "closing_radius": 1,
+}
+
+
+@dataclass
+class CanonicalView:
+    """The volume reoriented to a canonical orientation (a strided view), and the way back."""
+    data: np.ndarray            # (X, Y, Z): axial slices along the last axis
+    input_ornt: np.ndarray      # nibabel orientation of the input array
+    canonical_ornt: np.ndarray  # nibabel orientation of `data`
+
+    def back(self, canonical_array: np.ndarray) -> np.ndarray:
+        """An array on the canonical grid, returned in the input's own array order (a view)."""
+        inverse = nib.orientations.ornt_transform(self.canonical_ornt, self.input_ornt)
+        return nib.orientations.apply_orientation(canonical_array, inverse)
+
+
+def canonical(volume: np.ndarray, affine: np.ndarray, orientation: str = "RAS") -> CanonicalView:
+    """Reorient `volume` (X, Y, Z) with `affine` so its axes are `orientation` (a view, no copy)."""
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    start = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(tuple(orientation))
+    data = nib.orientations.apply_orientation(volume, nib.orientations.ornt_transform(start, target))
+    return CanonicalView(data, start, target)
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """Index of the input array axis that runs along the body's superior-inferior direction."""
+    codes = nib.orientations.aff2axcodes(affine)
+    for i, c in enumerate(codes):
+        if c in ("S", "I"):
+            return i
+    raise ValueError(f"no superior-inferior axis in orientation {codes}")
+
+
+def normalize_hu(x: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
+    """Clip to [hu_min, hu_max] and map to [0, 1], float32."""
+    x = np.clip(np.asarray(x, dtype=np.float32), np.float32(hu_min), np.float32(hu_max))
+    return (x - np.float32(hu_min)) / np.float32(hu_max - hu_min)
+
+
+def stack_25d(volume: np.ndarray, z_indices, context: int = 1) -> np.ndarray:
+    """(X, Y, Z) volume -> (B, 2*context+1, X, Y): for each z, slices z-context .. z+context, clamped."""
+    z_indices = np.asarray(z_indices)
+    last = volume.shape[2] - 1
+    out = np.empty((len(z_indices), 2 * context + 1) + volume.shape[:2], dtype=np.float32)
+    for b, z in enumerate(z_indices):
+        for c, dz in enumerate(range(-context, context + 1)):
+            out[b, c] = volume[:, :, min(max(z + dz, 0), last)]
+    return out
+
+
+@dataclass(frozen=True)
+class SquareWindow:
+    """Where the native slice (height x width) sits inside its padded square of side `side`."""
+    side: int
+    y0: int
+    x0: int
+    height: int
+    width: int
+
+
+def square_window(height: int, width: int) -> SquareWindow:
+    side = max(height, width)
+    return SquareWindow(side, (side - height) // 2, (side - width) // 2, height, width)
+
+
+def pad_to_square(slices: np.ndarray, value: float = 0.0) -> tuple[np.ndarray, SquareWindow]:
+    """(B, C, H, W) -> (B, C, S, S), S = max(H, W), the slice centred; and where it sits."""
+    b, c, h, w = slices.shape
+    win = square_window(h, w)
+    if h == w:
+        return slices, win
+    out = np.full((b, c, win.side, win.side), value, dtype=np.float32)
+    out[:, :, win.y0:win.y0 + h, win.x0:win.x0 + w] = slices
+    return out, win
+
+
+def prepare_slices(volume: np.ndarray, z_indices, params: dict = DEFAULT_PREPROCESSING):
+    """Canonical (X, Y, Z) HU volume -> network input (B, 3, size, size) float32 and the square window."""
+    from npunet.kernels import resize_bilinear
+    stack = stack_25d(volume, z_indices, int(params["context_slices"]))
+    stack = normalize_hu(stack, params["hu_min"], params["hu_max"])
+    square, win = pad_to_square(stack, params["pad_value"])
+    size = int(params["input_size"])
+    if win.side != size:
+        square = resize_bilinear(square, size, size, align_corners=False)
+    return np.ascontiguousarray(square, dtype=np.float32), win
