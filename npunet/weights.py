@@ -67,6 +67,9 @@ def save_weights(path, spec: dict, tensors: dict[str, np.ndarray], labels: dict,
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(blob)) + blob + data)
         os.replace(tmp, path)
