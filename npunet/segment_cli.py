@@ -1,0 +1,300 @@
+"""`npunet segment INPUT -o OUTPUT`: CT in (NIfTI file, DICOM series folder, or folder of cases), uint8
+organ label map out, on the input's own grid. Also the Python entry points `segment` (the command as a
+function) and `segment_image` (a nibabel image in, a nibabel label image out).
+
+Order of work, so that mistakes surface before the slow part: plan the jobs (npunet.io.cases), check every
+output path (writable folder, not the input, not existing unless --overwrite), load the weights, then per
+case: read and validate the image, run the network (npunet.pipeline.segment_array), write the label map,
+and optionally the statistics and preview. A case that fails leaves none of its output files behind.
+With a folder of cases, a failing case is reported and the others still run; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from npunet.errors import InputError, NpunetError
+from npunet.io.cases import Job, plan_jobs, read_job
+from npunet.io.nifti import (check_output_path, hu_range_warning, labels_image, labels_json_path, sidecar_path,
+                             validate_image, write_labels)
+
+EPILOG = """\
+outputs (beside OUTPUT, for CASE.nii.gz):
+  CASE.nii.gz              uint8 labels on the input's grid (shape, affine, qform/sform codes kept)
+  CASE.labels.json         label names, {"0": "background", "1": "liver", ...}
+  CASE.statistics.csv/json per-organ voxels, volume (mL) and mean HU   (with --statistics)
+  CASE.preview.png         axial + coronal slices with the labels       (with --preview)
+
+examples:
+  npunet segment ct.nii.gz -o ct_labels.nii.gz
+  npunet segment dicom/series_folder/ -o out/ --statistics --preview
+  npunet segment imagesTs/ -o predictions/ --threads 8      (CASE_0000.nii.gz -> predictions/CASE.nii.gz)
+
+exit codes: 0 success; 1 some cases of a folder failed; 2 bad input, weights or output (nothing written).
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = EPILOG
+    p.add_argument("input", metavar="INPUT",
+                   help="a CT as a NIfTI file (.nii/.nii.gz, in Hounsfield units), a folder holding one DICOM "
+                        "series, or a folder of cases named CASE_0000.nii.gz")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                   help="the label map to write (.nii.gz or .nii); a folder (existing, or ending with '/') "
+                        "receives CASE.nii.gz; required to be a folder when INPUT is a folder of cases")
+    p.add_argument("--weights", metavar="PATH", default=None,
+                   help="npunet weights file (default: $NPUNET_WEIGHTS, else the shipped weights)")
+    p.add_argument("--threads", type=int, metavar="N", default=None,
+                   help="number of CPU threads for the network (1 .. the number Numba sees; default: all)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=8,
+                   help="axial slices per network call (default 8); larger uses more memory, rarely faster")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="skip the per-organ 3x3x3 closing (fills small holes and gaps between slices)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files that already exist (default: refuse and stop before any work)")
+    p.add_argument("--statistics", action="store_true",
+                   help="also write per-organ voxel counts, volumes in mL and mean HU as "
+                        "OUTPUT_STEM.statistics.csv and OUTPUT_STEM.statistics.json")
+    p.add_argument("--preview", action="store_true",
+                   help="also write OUTPUT_STEM.preview.png: axial and coronal CT slices with the labels "
+                        "blended in")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress messages (warnings, errors and a folder's failure summary still show)")
+
+
+def run(args: argparse.Namespace) -> int:
+    results, batch = segment(args.input, args.output, weights=args.weights, threads=args.threads,
+                             batch_size=args.batch_size, postprocess=not args.no_postprocess,
+                             overwrite=args.overwrite, statistics=args.statistics, preview=args.preview,
+                             quiet=args.quiet, return_mode=True)
+    failed = [r for r in results if not r.ok]
+    if batch and (failed or not args.quiet):
+        names = f" ({', '.join(r.case for r in failed)})" if failed else ""
+        print(f"{len(results)} cases: {len(results) - len(failed)} segmented, {len(failed)} failed{names}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------------- monkeypatch points --
+
+def load_model(weights=None):
+    """The network from a weights file (None: the default weights); raises WeightsError."""
+    import npunet
+    return npunet.load(weights)
+
+
+def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: int = 8, postprocess: bool = True,
+                  progress=None, timings: dict | None = None) -> np.ndarray:
+    """npunet.pipeline.segment_array, imported late (tests substitute a fast fake here)."""
+    from npunet.pipeline import segment_array as _segment_array
+    return _segment_array(volume_hu, affine, model, batch_size=batch_size, postprocess=postprocess,
+                          progress=progress, timings=timings)
+
+
+# ------------------------------------------------------------------------------------------ Python API --
+
+def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postprocess: bool = True,
+                  progress=None):
+    """A nibabel CT image (3D, HU) -> a uint8 label image with the input's shape, affine and qform/sform.
+
+    model: a loaded network (default: load `weights`, or the default weights). Raises InputError for images
+    that cannot be segmented (2D, several volumes, NaN/Inf, ...); warns (UserWarning) when the intensities do
+    not look like Hounsfield units.
+    """
+    ct = validate_image(img, "image")
+    volume = ct.get_fdata(dtype=np.float32)
+    message = hu_range_warning(volume)
+    if message:
+        warnings.warn(message, stacklevel=2)
+    if model is None:
+        model = load_model(weights)
+    labels = segment_array(volume, ct.affine, model, batch_size=batch_size, postprocess=postprocess,
+                           progress=progress)
+    _check_labels(labels, volume.shape)
+    return labels_image(labels, ct)
+
+
+@dataclass
+class CaseResult:
+    case: str
+    output: Path
+    ok: bool
+    error: str | None = None
+    seconds: float = 0.0
+    written: list[Path] = field(default_factory=list)
+
+
+def output_files(output: str | os.PathLike, statistics: bool = False, preview: bool = False) -> dict[str, Path]:
+    """Every file written for a case whose label map is `output` (CASE.nii.gz), keyed by role."""
+    files = {"labels": Path(output), "names": labels_json_path(output)}
+    if statistics:
+        files["statistics_csv"] = sidecar_path(output, ".statistics.csv")
+        files["statistics_json"] = sidecar_path(output, ".statistics.json")
+    if preview:
+        files["preview"] = sidecar_path(output, ".preview.png")
+    return files
+
+
+def segment(input_path, output_path, *, weights=None, model=None, threads: int | None = None,
+            batch_size: int = 8, postprocess: bool = True, overwrite: bool = False, statistics: bool = False,
+            preview: bool = False, quiet: bool = True, return_mode: bool = False):
+    """`npunet segment` as a function; returns a list of CaseResult (with return_mode: (results, is_folder)).
+
+    Raises NpunetError, before any output is written, for a bad INPUT/OUTPUT pair, bad options, bad output
+    paths or bad weights; for a single image, also for a bad image. For a folder of cases, a bad case is
+    recorded in its CaseResult (ok=False, error=message) and the other cases still run.
+    """
+    if batch_size is None or int(batch_size) < 1:
+        raise NpunetError(f"--batch-size must be at least 1, got {batch_size}")
+    _set_threads(threads)
+    jobs = plan_jobs(input_path, output_path)
+    batch = Path(input_path).is_dir() and jobs[0].kind == "nifti"
+    log = _Log(quiet)
+
+    problems = []
+    for job in jobs:
+        files = output_files(job.output, statistics, preview)
+        try:
+            check_output_path(job.output, job.input if job.kind == "nifti" else None, overwrite,
+                              also=tuple(files.values())[1:])
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        more = f" (and {len(problems) - 1} more output problems)" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)
+
+    if model is None:
+        log.say(f"loading weights {weights or '(default)'}")
+        model = load_model(weights)
+    label_names = _label_names(model)
+
+    results = []
+    for i, job in enumerate(jobs, start=1):
+        prefix = f"[{i}/{len(jobs)}] {job.case}" if batch else job.case
+        result = CaseResult(job.case, job.output, ok=False)
+        t0 = time.perf_counter()
+        try:
+            _segment_job(job, model, label_names, log, prefix, batch_size=batch_size, postprocess=postprocess,
+                         overwrite=overwrite, statistics=statistics, preview=preview, written=result.written)
+            result.ok = True
+        except BaseException as exc:
+            for p in result.written:  # a failed (or interrupted) case leaves nothing behind
+                Path(p).unlink(missing_ok=True)
+            result.written.clear()
+            if not batch or not isinstance(exc, Exception):
+                raise
+            result.error = str(exc) if isinstance(exc, NpunetError) else f"{type(exc).__name__}: {exc}"
+            print(f"npunet segment: {job.case}: error: {' '.join(result.error.split())}", file=sys.stderr)
+        result.seconds = time.perf_counter() - t0
+        results.append(result)
+    return (results, batch) if return_mode else results
+
+
+def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postprocess, overwrite, statistics,
+                 preview, written: list) -> None:
+    t0 = time.perf_counter()
+    log.say(f"{prefix}: reading {job.input}")
+    img = read_job(job)
+    volume = img.get_fdata(dtype=np.float32)
+    zooms = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+    log.say(f"{prefix}: {'x'.join(map(str, volume.shape))} voxels of "
+            f"{' x '.join(f'{z:.3g}' for z in zooms)} mm, read in {time.perf_counter() - t0:.1f} s")
+    message = hu_range_warning(volume)
+    if message:
+        print(f"npunet segment: {job.case}: warning: {message}", file=sys.stderr)
+
+    t1 = time.perf_counter()
+    timings: dict = {}
+    labels = segment_array(volume, img.affine, model, batch_size=batch_size, postprocess=postprocess,
+                           progress=log.progress(f"{prefix}: segmenting"), timings=timings)
+    log.end_progress()
+    _check_labels(labels, volume.shape)
+    detail = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if v) if timings else ""
+    log.say(f"{prefix}: segmented in {time.perf_counter() - t1:.1f} s" + (f" ({detail})" if detail else ""))
+
+    files = output_files(job.output, statistics, preview)
+    write_labels(labels, img, files["labels"], overwrite=overwrite, label_names=label_names)
+    written += [files["labels"], files["names"]]
+    found = int(np.count_nonzero(np.bincount(labels.ravel(), minlength=1)[1:]))
+    log.say(f"{prefix}: wrote {files['labels']} ({found} organs found)")
+    if statistics:
+        from npunet.statistics import organ_statistics, write_statistics
+        rows = organ_statistics(labels, volume, img.affine, label_names)
+        written += [files["statistics_csv"], files["statistics_json"]]
+        write_statistics(rows, files["statistics_csv"], files["statistics_json"])
+        log.say(f"{prefix}: wrote {files['statistics_csv']} and .json")
+    if preview:
+        from npunet.preview import write_preview
+        written.append(files["preview"])
+        write_preview(volume, labels, img.affine, files["preview"])
+        log.say(f"{prefix}: wrote {files['preview']}")
+    log.say(f"{prefix}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _check_labels(labels, shape) -> None:
+    if not isinstance(labels, np.ndarray) or labels.shape != tuple(shape) or labels.dtype != np.uint8:
+        got = (getattr(labels, "shape", None), getattr(labels, "dtype", type(labels).__name__))
+        raise RuntimeError(f"segment_array returned {got}, expected a uint8 array of shape {tuple(shape)}")
+
+
+def _label_names(model) -> dict[int, str]:
+    names = getattr(model, "labels", None)
+    if names:
+        return {int(k): str(v) for k, v in names.items()}
+    from npunet.labels import LABELS
+    return dict(LABELS)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    import numba
+    most = int(numba.config.NUMBA_NUM_THREADS)
+    if not 1 <= int(threads) <= most:
+        raise NpunetError(f"--threads must be between 1 and {most} (the threads Numba can use), got {threads}")
+    numba.set_num_threads(int(threads))
+
+
+class _Log:
+    """Progress lines on stderr (nothing when quiet). Slice progress rewrites one line on a terminal and
+    prints every 25 % otherwise, so logs stay short."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        self._open = False
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.end_progress()
+            print(text, file=sys.stderr, flush=True)
+
+    def progress(self, label: str):
+        if self.quiet:
+            return None
+        last = [-1]
+
+        def report(done: int, total: int) -> None:
+            if self.tty:
+                print(f"\r{label}: slice {done}/{total}", end="", file=sys.stderr, flush=True)
+                self._open = True
+            else:
+                quarter = (4 * done) // max(total, 1)
+                if quarter != last[0] and (quarter > 0 or done == total):
+                    last[0] = quarter
+                    print(f"{label}: slice {done}/{total}", file=sys.stderr, flush=True)
+        return report
+
+    def end_progress(self) -> None:
+        if self._open:
+            print(file=sys.stderr, flush=True)
+            self._open = False

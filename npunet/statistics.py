@@ -1,0 +1,70 @@
+"""Per-organ statistics of a label map: voxel count, volume in millilitres, and mean HU of the input CT.
+
+volume_ml = voxels x voxel volume (mm^3) / 1000, with the voxel volume |det(affine[:3, :3])|, which is the
+product of the zooms for any unsheared grid (and stays right for a tilted-gantry shear).
+Both files are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+
+from npunet.io.nifti import atomic_write
+
+COLUMNS = ("label", "name", "voxels", "volume_ml", "mean_hu")
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """|det| of the 3x3 part of the voxel-to-world affine, in mm^3."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+
+
+def organ_statistics(labels: np.ndarray, volume_hu: np.ndarray | None, affine: np.ndarray,
+                     label_names: dict[int, str]) -> list[dict]:
+    """One row per organ (every non-zero label in label_names, in label order, present or not):
+    {"label": k, "name": str, "voxels": int, "volume_ml": float, "mean_hu": float | None}.
+
+    labels: (X, Y, Z) uint8; volume_hu: (X, Y, Z) the CT on the same grid (None: mean_hu is None).
+    mean_hu is None for an organ with no voxels. Sums are accumulated in float64.
+    """
+    labels = np.asarray(labels)
+    if volume_hu is not None and np.shape(volume_hu) != labels.shape:
+        raise ValueError(f"labels {labels.shape} and CT {np.shape(volume_hu)} differ in shape")
+    keys = sorted(int(k) for k in label_names if int(k) != 0)
+    n = max(keys + [int(labels.max()) if labels.size else 0]) + 1
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n)
+    sums = (np.bincount(flat, weights=np.asarray(volume_hu, dtype=np.float64).ravel(), minlength=n)
+            if volume_hu is not None else None)
+    vox_ml = voxel_volume_mm3(affine) / 1000.0
+    rows = []
+    for k in keys:
+        c = int(counts[k])
+        mean = float(sums[k] / c) if (sums is not None and c) else None
+        rows.append({"label": k, "name": str(label_names[k]), "voxels": c,
+                     "volume_ml": round(c * vox_ml, 4), "mean_hu": None if mean is None else round(mean, 2)})
+    return rows
+
+
+def write_statistics(rows: list[dict], csv_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
+    """Write rows as CSV (columns label,name,voxels,volume_ml,mean_hu; empty mean_hu for absent organs) and as
+    JSON ({name: {label, voxels, volume_ml, mean_hu}} in label order), each atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
+    text_csv = buf.getvalue()
+    text_json = json.dumps({r["name"]: {c: r[c] for c in COLUMNS if c != "name"} for r in rows}, indent=1) + "\n"
+    atomic_write(csv_path, lambda tmp: _write_text(tmp, text_csv))
+    atomic_write(json_path, lambda tmp: _write_text(tmp, text_json))
+
+
+def _write_text(path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
