@@ -1,0 +1,148 @@
+"""GroupNorm (optionally fused with ReLU) and ReLU on NCHW float32 arrays.
+
+GroupNorm splits the C channels of each sample into `groups` groups of C/groups channels, and normalises
+each group by its own mean and biased variance over (C/groups)*H*W values:
+    y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c]
+The statistics are the numerically delicate part: single-pass float32 E[x^2] - E[x]^2 loses everything
+on large-mean inputs (1000 + noise). Both paths here take two passes in float64 (mean, then the mean of
+squared deviations). The fast path then normalises in float32 as ((x - mean_hi) - mean_lo) * a + beta,
+with mean = mean_hi + mean_lo split into two float32 parts, so the large mean cancels before rounding.
+
+`<op>_reference` is the float64 NumPy definition; `<op>` is the Numba fast path that must match it.
+Both are safe in place (out=x): a group's statistics are finished before any of it is overwritten.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from npunet.kernels._numba import as_f32, finish, helper, kernel, output
+
+
+# ---------------------------------------------------------------------------------------------------------
+# references (float64, NumPy)
+# ---------------------------------------------------------------------------------------------------------
+
+def group_norm_reference(x, weight, bias, groups, eps, relu=False, out=None):
+    """x: (N, C, H, W), weight, bias: (C,) -> (N, C, H, W).
+    Mirrors F.group_norm(x, groups, weight, bias, eps), then F.relu when relu=True."""
+    N, C, H, W = x.shape
+    g = np.asarray(x, np.float64).reshape(N, groups, -1)
+    mean = g.mean(axis=2, keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=2, keepdims=True)            # biased, as torch
+    y = ((g - mean) / np.sqrt(var + eps)).reshape(N, C, H, W)
+    y = y * np.asarray(weight, np.float64)[None, :, None, None] + np.asarray(bias, np.float64)[None, :, None, None]
+    return finish(relu_reference(y) if relu else y, out)
+
+
+def relu_reference(x, out=None):
+    """max(x, 0) elementwise, NaN kept. Mirrors F.relu."""
+    return finish(np.maximum(np.asarray(x, np.float64), 0.0), out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Numba fast paths
+# ---------------------------------------------------------------------------------------------------------
+
+@helper
+def _normalize(src, dst, mean_hi, mean_lo, a, b, relu):
+    """dst = ((src - mean_hi) - mean_lo) * a + b in float32, then max(., 0) when relu (NaN kept)."""
+    if relu:
+        for i in range(src.shape[0]):
+            v = ((src[i] - mean_hi) - mean_lo) * a + b
+            dst[i] = np.float32(0.0) if v < 0.0 else v
+    else:
+        for i in range(src.shape[0]):
+            dst[i] = ((src[i] - mean_hi) - mean_lo) * a + b
+
+
+@kernel
+def _group_norm_kernel(x, weight, bias, eps, relu, out):
+    # x, out: (N, G, M) with M = (C/G)*H*W, one group a contiguous row; weight, bias: (C,)
+    N, G, M = x.shape
+    cpg = weight.shape[0] // G
+    P = M // cpg
+    for task in prange(N * G):
+        n = task // G
+        g = task % G
+        row = x[n, g]
+        M4 = M - M % 4
+        # pass 1: mean, four float64 partial sums (a fixed order, and shorter dependency chains)
+        s0 = s1 = s2 = s3 = 0.0
+        for i in range(0, M4, 4):
+            s0 += row[i]
+            s1 += row[i + 1]
+            s2 += row[i + 2]
+            s3 += row[i + 3]
+        for i in range(M4, M):
+            s0 += row[i]
+        mean = ((s0 + s1) + (s2 + s3)) / M
+        # pass 2: biased variance as the mean of squared deviations
+        q0 = q1 = q2 = q3 = 0.0
+        for i in range(0, M4, 4):
+            d0 = row[i] - mean
+            d1 = row[i + 1] - mean
+            d2 = row[i + 2] - mean
+            d3 = row[i + 3] - mean
+            q0 += d0 * d0
+            q1 += d1 * d1
+            q2 += d2 * d2
+            q3 += d3 * d3
+        for i in range(M4, M):
+            d0 = row[i] - mean
+            q0 += d0 * d0
+        rstd = 1.0 / math.sqrt(((q0 + q1) + (q2 + q3)) / M + eps)
+        # pass 3: y = ((x - mean_hi) - mean_lo) * a + beta, per channel of the group
+        mean_hi = np.float32(mean)
+        mean_lo = np.float32(mean - np.float64(mean_hi))
+        for k in range(cpg):
+            c = g * cpg + k
+            _normalize(row[k * P:(k + 1) * P], out[n, g, k * P:(k + 1) * P], mean_hi, mean_lo,
+                       np.float32(weight[c] * rstd), bias[c], relu)
+
+
+@helper
+def _relu_range(src, dst):
+    for i in range(src.shape[0]):
+        v = src[i]
+        dst[i] = np.float32(0.0) if v < 0.0 else v       # NaN < 0 is False: NaN kept
+
+
+@kernel
+def _relu_kernel(x, out):
+    # x, out: flat, processed in chunks of 16384
+    n = x.shape[0]
+    chunk = 16384
+    for t in prange((n + chunk - 1) // chunk):
+        lo, hi = t * chunk, min(n, (t + 1) * chunk)
+        _relu_range(x[lo:hi], out[lo:hi])
+
+
+def group_norm(x, weight, bias, groups, eps, relu=False, out=None):
+    """x: (N, C, H, W), weight, bias: (C,), C divisible by groups -> (N, C, H, W).
+    Mirrors F.group_norm(x, groups, weight, bias, eps) (biased variance), fused with F.relu when relu=True.
+    Safe in place (out=x)."""
+    x = as_f32(x, "x", 4)
+    N, C, H, W = x.shape
+    weight, bias = as_f32(weight, "weight"), as_f32(bias, "bias")
+    groups = int(groups)
+    if groups < 1 or C % groups:
+        raise ValueError(f"group_norm: {C} channels (x {x.shape}) are not divisible into {groups} groups")
+    if weight.shape != (C,) or bias.shape != (C,):
+        raise ValueError(f"group_norm: weight and bias must be ({C},) for x {x.shape}, "
+                         f"got {weight.shape} and {bias.shape}")
+    out = output(out, x.shape)
+    if x.size:
+        _group_norm_kernel(x.reshape(N, groups, -1), weight, bias, float(eps), bool(relu),
+                           out.reshape(N, groups, -1))
+    return out
+
+
+def relu(x, out=None):
+    """max(x, 0) elementwise, NaN kept, as a new float32 array (or into out; out=x is fine). Mirrors F.relu."""
+    x = as_f32(x, "x")
+    out = output(out, x.shape)
+    if x.size:
+        _relu_kernel(x.reshape(-1), out.reshape(-1))
+    return out

@@ -1,0 +1,281 @@
+"""Resampling on NCHW float32 arrays: 2x2 max-pool, bilinear up/down-sampling, the fused bilinear-upsample +
+argmax that maps logits back to native slices, and channel concatenation.
+
+Bilinear follows torch CPU exactly (F.interpolate, mode="bilinear", antialias=False). For each output
+index d along an axis of `in` -> `out` samples:
+    align_corners=False: scale = float32(in/out) (or float32(1/scale_factor) when a scale factor is given),
+                         src = max(0, float32(scale*(d+0.5) - 0.5)), rounded to float32 once, as torch's FMA
+    align_corners=True:  scale = float32(in-1)/float32(out-1) (0 when out == 1), src = float32(scale*d)
+    i0 = trunc(src), i1 = min(i0+1, in-1), l1 = src - i0, l0 = 1 - l1
+and out = (r0[i0x]*l0x + r0[i1x]*l1x)*l0y + (r1[i0x]*l0x + r1[i1x]*l1x)*l1y with r0, r1 the rows i0y, i1y.
+The coordinates are semantics, not accumulation, so the float64 references use the same float32 ones.
+
+`<op>_reference` is the float64 NumPy definition; `<op>` is the Numba fast path that must match it.
+"""
+
+import numpy as np
+from numba import prange
+
+from npunet.kernels._numba import as_f32, finish, helper, kernel, output
+
+
+def bilinear_source_index(in_size, out_size, align_corners=False, scale_factor=None):
+    """Per output index along one axis: (i0, i1) int64 source indices and (l0, l1) float32 weights,
+    computed as torch CPU does (see the module docstring). scale_factor: the F.interpolate argument, if any."""
+    d = np.arange(out_size, dtype=np.float64)
+    if align_corners:
+        scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0.0)
+        src = (np.float64(scale) * d).astype(np.float32)
+    else:
+        scale = np.float32(1.0 / scale_factor) if scale_factor else np.float32(in_size) / np.float32(out_size)
+        src = np.maximum((np.float64(scale) * (d + 0.5) - 0.5).astype(np.float32), np.float32(0.0))
+    i0 = np.minimum(src.astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    l1 = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0))
+    return i0, i1, (np.float32(1.0) - l1).astype(np.float32), l1.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# references (float64, NumPy)
+# ---------------------------------------------------------------------------------------------------------
+
+def max_pool2x2_reference(x, out=None):
+    """x: (N, C, H, W) -> (N, C, H//2, W//2). Mirrors F.max_pool2d(x, 2) (floor mode; NaN propagates)."""
+    N, C, H, W = x.shape
+    h, w = H // 2, W // 2
+    y = np.asarray(x)[:, :, :2 * h, :2 * w].reshape(N, C, h, 2, w, 2).max(axis=(3, 5))
+    return finish(y.astype(np.float64), out)
+
+
+def _bilinear64(x, out_h, out_w, align_corners, scale_factor=None):
+    """float64 (N, C, out_h, out_w) bilinear resize of x with torch's float32 coordinates."""
+    x = np.asarray(x, np.float64)
+    y0, y1, ly0, ly1 = bilinear_source_index(x.shape[2], out_h, align_corners, scale_factor)
+    x0, x1, lx0, lx1 = bilinear_source_index(x.shape[3], out_w, align_corners, scale_factor)
+    r0, r1 = x[:, :, y0], x[:, :, y1]                                  # (N, C, out_h, W)
+    h0, h1 = ly0[:, None].astype(np.float64), ly1[:, None].astype(np.float64)
+    return (r0[..., x0] * lx0 + r0[..., x1] * lx1) * h0 + (r1[..., x0] * lx0 + r1[..., x1] * lx1) * h1
+
+
+def upsample_bilinear2x_reference(x, align_corners=False, out=None):
+    """x: (N, C, H, W) -> (N, C, 2H, 2W).
+    Mirrors F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)."""
+    return finish(_bilinear64(x, 2 * x.shape[2], 2 * x.shape[3], align_corners, 2.0), out)
+
+
+def resize_bilinear_reference(x, out_h, out_w, align_corners=False, out=None):
+    """x: (N, C, H, W) -> (N, C, out_h, out_w).
+    Mirrors F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=align_corners, antialias=False)."""
+    return finish(_bilinear64(x, out_h, out_w, align_corners), out)
+
+
+def upsample_argmax_reference(logits, out_h, out_w, crop_y0=0, crop_x0=0, crop_h=None, crop_w=None, out=None):
+    """logits: (N, K, h, w) -> uint8 (N, crop_h, crop_w). Mirrors
+    torch.argmax(F.interpolate(logits, size=(out_h, out_w), mode="bilinear"), 1)[:, y0:y0+crop_h, x0:x0+crop_w]
+    (this twin does materialise the upsampled logits)."""
+    crop_h = out_h - crop_y0 if crop_h is None else crop_h
+    crop_w = out_w - crop_x0 if crop_w is None else crop_w
+    up = _bilinear64(logits, out_h, out_w, False)[:, :, crop_y0:crop_y0 + crop_h, crop_x0:crop_x0 + crop_w]
+    labels = np.argmax(up, axis=1).astype(np.uint8)                   # first index wins ties
+    if out is None:
+        return labels
+    out[...] = labels
+    return out
+
+
+def concat_channels_reference(a, b, out=None):
+    """a: (N, Ca, H, W) (the skip), b: (N, Cb, H, W) (the upsampled) -> (N, Ca+Cb, H, W).
+    Mirrors torch.cat([a, b], 1)."""
+    return finish(np.concatenate([np.asarray(a, np.float64), np.asarray(b, np.float64)], axis=1), out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Numba fast paths
+# ---------------------------------------------------------------------------------------------------------
+
+@kernel
+def _max_pool_kernel(x, out):
+    N, C = x.shape[0], x.shape[1]
+    h, w = out.shape[2], out.shape[3]
+    for t in prange(N * C):
+        n, c = t // C, t % C
+        for oy in range(h):
+            a, b, dst = x[n, c, 2 * oy], x[n, c, 2 * oy + 1], out[n, c, oy]
+            for ox in range(w):
+                m = a[2 * ox]
+                v = a[2 * ox + 1]
+                if v > m or v != v:          # torch: (val > maxval) || isnan(val)
+                    m = v
+                v = b[2 * ox]
+                if v > m or v != v:
+                    m = v
+                v = b[2 * ox + 1]
+                if v > m or v != v:
+                    m = v
+                dst[ox] = m
+
+
+BAND = 16   # output rows per task in the bilinear kernels (a speed knob only: results do not depend on it)
+
+
+def _band_span(iy0, iy1, band):
+    """The most source rows any band of `band` consecutive output rows reads (iy0, iy1 are non-decreasing)."""
+    starts = np.arange(0, len(iy0), band)
+    ends = np.minimum(starts + band, len(iy0)) - 1
+    return int((iy1[ends] - iy0[starts]).max()) + 1
+
+
+@helper
+def _interp_row(src, ix0, ix1, lx0, lx1, dst):
+    """dst[j] = src[ix0[j]]*lx0[j] + src[ix1[j]]*lx1[j]: one source row interpolated along W."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[ix0[j]] * lx0[j] + src[ix1[j]] * lx1[j]
+
+
+@kernel
+def _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band, span, out):
+    # Separable: the source rows a band of output rows needs are interpolated along W once (into `rows`),
+    # then each output row is rows[a]*l0y + rows[b]*l1y, the same float32 operations in the same order
+    # as the one-pixel formula in the module docstring.
+    N, C = x.shape[0], x.shape[1]
+    oh, ow = out.shape[2], out.shape[3]
+    n_bands = (oh + band - 1) // band
+    for t in prange(N * C * n_bands):
+        n, c, b = t // (C * n_bands), (t // n_bands) % C, t % n_bands
+        r_lo, r_hi = b * band, min(oh, (b + 1) * band)
+        s0 = iy0[r_lo]
+        rows = np.empty((span, ow), np.float32)
+        for s in range(iy1[r_hi - 1] - s0 + 1):
+            _interp_row(x[n, c, s0 + s], ix0, ix1, lx0, lx1, rows[s])
+        for oy in range(r_lo, r_hi):
+            ra, rb, dst = rows[iy0[oy] - s0], rows[iy1[oy] - s0], out[n, c, oy]
+            h0, h1 = ly0[oy], ly1[oy]
+            for j in range(ow):
+                dst[j] = ra[j] * h0 + rb[j] * h1
+
+
+@kernel
+def _upsample_argmax_kernel(logits, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band, span, out):
+    # iy*/ly*: per crop row, ix*/lx*: per crop column; out: uint8 (N, crop_h, crop_w).
+    # Per band of output rows: interpolate the K logits' source rows along W, then per output row blend
+    # two of them per class and keep a running maximum. Never more than K*span rows of logits at a time.
+    N, K = logits.shape[0], logits.shape[1]
+    ch, cw = out.shape[1], out.shape[2]
+    n_bands = (ch + band - 1) // band
+    for t in prange(N * n_bands):
+        n, b = t // n_bands, t % n_bands
+        r_lo, r_hi = b * band, min(ch, (b + 1) * band)
+        s0 = iy0[r_lo]
+        rows = np.empty((K, span, cw), np.float32)
+        best = np.empty(cw, np.float32)
+        label = np.empty(cw, np.uint8)
+        for k in range(K):
+            for s in range(iy1[r_hi - 1] - s0 + 1):
+                _interp_row(logits[n, k, s0 + s], ix0, ix1, lx0, lx1, rows[k, s])
+        for r in range(r_lo, r_hi):
+            a, bb, h0, h1 = iy0[r] - s0, iy1[r] - s0, ly0[r], ly1[r]
+            ra, rb = rows[0, a], rows[0, bb]
+            for j in range(cw):
+                best[j] = ra[j] * h0 + rb[j] * h1
+                label[j] = 0
+            for k in range(1, K):
+                ra, rb = rows[k, a], rows[k, bb]
+                for j in range(cw):
+                    v = ra[j] * h0 + rb[j] * h1
+                    m = best[j]
+                    # strictly greater: the first index wins ties; a NaN beats numbers, as in torch/NumPy
+                    take = (v > m) | ((v != v) & (m == m))
+                    best[j] = v if take else m
+                    label[j] = k if take else label[j]
+            dst = out[n, r]
+            for j in range(cw):
+                dst[j] = label[j]
+
+
+@kernel
+def _concat_kernel(a, b, out):
+    N, Ca, Cb = a.shape[0], a.shape[1], b.shape[1]
+    P = a.shape[2]
+    for t in prange(N * (Ca + Cb)):
+        n, c = t // (Ca + Cb), t % (Ca + Cb)
+        src = a[n, c] if c < Ca else b[n, c - Ca]
+        dst = out[n, c]
+        for i in range(P):
+            dst[i] = src[i]
+
+
+def max_pool2x2(x, out=None):
+    """x: (N, C, H, W), H, W >= 2 -> (N, C, H//2, W//2). Mirrors F.max_pool2d(x, 2): floor mode, NaN propagates."""
+    x = as_f32(x, "x", 4)
+    N, C, H, W = x.shape
+    if H < 2 or W < 2:
+        raise ValueError(f"max_pool2x2: H and W must be >= 2, got x {x.shape}")
+    out = output(out, (N, C, H // 2, W // 2), inputs=(x,))
+    if out.size:
+        _max_pool_kernel(x, out)
+    return out
+
+
+def _resize(x, out_h, out_w, align_corners, scale_factor, out):
+    N, C, H, W = x.shape
+    if out_h < 1 or out_w < 1 or H < 1 or W < 1:
+        raise ValueError(f"bilinear resize: sizes must be positive, got x {x.shape} -> ({out_h}, {out_w})")
+    out = output(out, (N, C, out_h, out_w), inputs=(x,))
+    if out.size:
+        iy0, iy1, ly0, ly1 = bilinear_source_index(H, out_h, align_corners, scale_factor)
+        ix0, ix1, lx0, lx1 = bilinear_source_index(W, out_w, align_corners, scale_factor)
+        _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, BAND, _band_span(iy0, iy1, BAND), out)
+    return out
+
+
+def upsample_bilinear2x(x, align_corners=False, out=None):
+    """x: (N, C, H, W) -> (N, C, 2H, 2W).
+    Mirrors F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)."""
+    x = as_f32(x, "x", 4)
+    return _resize(x, 2 * x.shape[2], 2 * x.shape[3], bool(align_corners), 2.0, out)
+
+
+def resize_bilinear(x, out_h, out_w, align_corners=False, out=None):
+    """x: (N, C, H, W) -> (N, C, out_h, out_w).
+    Mirrors F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=align_corners, antialias=False)."""
+    x = as_f32(x, "x", 4)
+    return _resize(x, int(out_h), int(out_w), bool(align_corners), None, out)
+
+
+def upsample_argmax(logits, out_h, out_w, crop_y0=0, crop_x0=0, crop_h=None, crop_w=None, out=None):
+    """logits: (N, K, h, w), K <= 256 -> uint8 labels (N, crop_h, crop_w).
+    Equals torch.argmax(F.interpolate(logits, size=(out_h, out_w), mode="bilinear", align_corners=False), 1)
+    [:, crop_y0:crop_y0+crop_h, crop_x0:crop_x0+crop_w] (first index wins ties), computed row by row on the
+    crop window only: the upsampled K-channel logits are never materialised. crop_h/crop_w default to the
+    rest of the (out_h, out_w) grid."""
+    logits = as_f32(logits, "logits", 4)
+    N, K, h, w = logits.shape
+    out_h, out_w, crop_y0, crop_x0 = int(out_h), int(out_w), int(crop_y0), int(crop_x0)
+    crop_h = out_h - crop_y0 if crop_h is None else int(crop_h)
+    crop_w = out_w - crop_x0 if crop_w is None else int(crop_w)
+    if not 1 <= K <= 256 or h < 1 or w < 1:
+        raise ValueError(f"upsample_argmax: logits must be (N, K<=256, h>0, w>0), got {logits.shape}")
+    if out_h < 1 or out_w < 1 or crop_y0 < 0 or crop_x0 < 0 or crop_h < 0 or crop_w < 0 \
+            or crop_y0 + crop_h > out_h or crop_x0 + crop_w > out_w:
+        raise ValueError(f"upsample_argmax: crop window [{crop_y0}:{crop_y0 + crop_h}, {crop_x0}:{crop_x0 + crop_w}]"
+                         f" does not fit the ({out_h}, {out_w}) output grid (logits {logits.shape})")
+    out = output(out, (N, crop_h, crop_w), np.uint8)
+    if out.size:
+        iy0, iy1, ly0, ly1 = (a[crop_y0:crop_y0 + crop_h] for a in bilinear_source_index(h, out_h))
+        ix0, ix1, lx0, lx1 = (a[crop_x0:crop_x0 + crop_w] for a in bilinear_source_index(w, out_w))
+        _upsample_argmax_kernel(logits, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, BAND, _band_span(iy0, iy1, BAND),
+                                out)
+    return out
+
+
+def concat_channels(a, b, out=None):
+    """a: (N, Ca, H, W) (the skip, first), b: (N, Cb, H, W) (the upsampled) -> (N, Ca+Cb, H, W).
+    Mirrors torch.cat([a, b], dim=1)."""
+    a, b = as_f32(a, "a", 4), as_f32(b, "b", 4)
+    if a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]:
+        raise ValueError(f"concat_channels: a {a.shape} and b {b.shape} differ in N, H or W")
+    N, Ca, H, W = a.shape
+    out = output(out, (N, Ca + b.shape[1], H, W), inputs=(a, b))
+    if out.size:
+        _concat_kernel(a.reshape(N, Ca, H * W), b.reshape(N, b.shape[1], H * W), out.reshape(N, -1, H * W))
+    return out

@@ -1,0 +1,218 @@
+"""tools/train.py: the marginal Dice + CE loss for partial labels, augmentation invariants, training inputs
+equal to npunet's inference inputs, and a tiny training run whose checkpoint converts by name."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from tools import train as T  # noqa: E402
+
+C = 14
+
+
+def _reference_dice_loss(logits, target, classes, smooth=1e-5):
+    """Plain batch soft Dice over `classes`, written independently of the tool."""
+    p = torch.softmax(logits, 1)
+    vals = []
+    for c in classes:
+        g = (target == c).float()
+        pc = p[:, c]
+        vals.append((2 * (pc * g).sum() + smooth) / (pc.sum() + g.sum() + smooth))
+    return 1 - torch.stack(vals).mean()
+
+
+# ------------------------------------------------------------------------------------------- loss --
+
+def test_loss_fully_annotated_is_standard_ce_plus_dice():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, C, 9, 7, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, C, (3, 9, 7), generator=gen)
+    known = torch.ones(3, C, dtype=torch.bool)
+    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, known)
+    ce_ref = F.cross_entropy(logits.float(), target)
+    dice_ref = _reference_dice_loss(logits.float(), target, range(1, C))
+    print(f"|ce - F.cross_entropy| = {abs(ce - ce_ref).item():.2e}, |dice - ref| = {abs(dice - dice_ref).item():.2e}")
+    assert torch.allclose(ce, ce_ref, atol=1e-6)
+    assert torch.allclose(dice, dice_ref, atol=1e-6)
+    assert torch.allclose(loss, ce_ref + dice_ref, atol=1e-6)
+
+
+def test_loss_unknown_organ_is_not_penalised_as_background():
+    """Organ k unannotated: moving a background pixel's probability from class 0 to class k changes nothing."""
+    gen = torch.Generator().manual_seed(1)
+    k = 10
+    logits = torch.randn(2, C, 6, 6, generator=gen)
+    target = torch.randint(0, C, (2, 6, 6), generator=gen)
+    target[target == k] = 0
+    target[:, :3] = 0                                    # plenty of background
+    known = torch.ones(2, C, dtype=torch.bool)
+    known[:, k] = False
+    a = logits.clone()
+    a[:, k] = a[:, 0] - 20.0                             # mass on background
+    b = a.clone()
+    bg = target == 0
+    b[:, 0][bg], b[:, k][bg] = a[:, k][bg], a[:, 0][bg]  # the same mass on organ k where the label is 0
+    la, lb = T.marginal_dice_ce_loss(a, target, known), T.marginal_dice_ce_loss(b, target, known)
+    for x, y in zip(la, lb):
+        assert torch.allclose(x, y, atol=1e-6), (la, lb)
+    # With k annotated, the same move is penalised (the standard loss).
+    full = torch.ones(2, C, dtype=torch.bool)
+    assert T.marginal_dice_ce_loss(b, target, full)[0] > T.marginal_dice_ce_loss(a, target, full)[0] + 1.0
+
+
+def test_loss_by_hand():
+    """3 classes, 1 sample, 2 pixels labelled [0, 1], all logits 0 (p = 1/3 everywhere)."""
+    logits = torch.zeros(1, 3, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    s = 1e-5
+    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, torch.tensor([[True, True, True]]), smooth=s)
+    assert ce.item() == pytest.approx(math.log(3), abs=1e-6)
+    d1 = (2 / 3 + s) / (2 / 3 + 1 + s)                   # tp 1/3, sum p 2/3, sum g 1
+    d2 = s / (2 / 3 + s)                                 # class 2 absent
+    assert dice.item() == pytest.approx(1 - (d1 + d2) / 2, abs=1e-6)
+    # Class 2 unknown: pixel 0 (label 0) scores log(p0 + p2) = log(2/3); Dice over class 1 only.
+    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, torch.tensor([[True, True, False]]), smooth=s)
+    assert ce.item() == pytest.approx((-math.log(2 / 3) - math.log(1 / 3)) / 2, abs=1e-6)
+    assert dice.item() == pytest.approx(1 - d1, abs=1e-6)
+    assert loss.item() == pytest.approx(ce.item() + dice.item(), abs=1e-6)
+
+
+def test_loss_is_stable_and_differentiable_with_extreme_logits():
+    logits = torch.zeros(2, C, 4, 4)
+    logits[:, 5] = 1e4                                   # softmax saturates
+    logits.requires_grad_(True)
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    known = torch.zeros(2, C, dtype=torch.bool)
+    known[1, 3] = True                                   # sample 0 annotates nothing, sample 1 only organ 3
+    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, known)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert ce.item() < 1e-3                              # organ 5 is unknown everywhere: merged into background
+
+
+# ----------------------------------------------------------------------------------- augmentation --
+
+def _batch(n=4, size=48):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(n, 3, size, size, generator=gen)
+    y = torch.zeros(n, size, size, dtype=torch.long)
+    y[:, 10:30, 5:20] = 3
+    y[:, 20:40, 25:45] = 11
+    y[:, 2:6, 40:44] = 13
+    return x, y
+
+
+def test_augment_keeps_shapes_and_label_set():
+    x, y = _batch()
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        xa, ya = T.augment_batch(x, y, generator=gen)
+        assert xa.shape == x.shape and ya.shape == y.shape and xa.dtype == x.dtype and ya.dtype == y.dtype
+        assert set(torch.unique(ya).tolist()) <= {0, 3, 11, 13}
+        assert torch.isfinite(xa).all()
+
+
+def test_augment_with_identity_parameters_returns_input():
+    x, y = _batch()
+    xa, ya = T.augment_batch(x, y, params=T.identity_augment_params(x.shape[0]))
+    print(f"identity augment: max |dx| = {(xa - x).abs().max().item():.2e}")
+    assert torch.allclose(xa, x, atol=1e-5)
+    assert torch.equal(ya, y)
+
+
+def test_augment_rotation_moves_labels_with_the_image():
+    """Labels and image go through the same grid: a label-coded image stays aligned with its labels."""
+    x, y = _batch(n=2)
+    x = y[:, None].float().expand(-1, 3, -1, -1).contiguous() / 13.0
+    p = T.identity_augment_params(2)
+    p["angle"] = torch.tensor([0.2, -0.25])
+    p["scale"] = torch.tensor([1.15, 0.85])
+    xa, ya = T.augment_batch(x, y, params=p)
+    inside = (xa[:, 0] * 13.0 - ya.float()).abs() < 0.5     # agree except at blurred edges
+    assert inside.float().mean() > 0.95
+
+
+# ------------------------------------------------------------------------------------------- data --
+
+def test_label_resize_uses_the_image_window_and_half_pixel_centres():
+    lab = np.arange(4 * 6).reshape(1, 4, 6) + 1          # H=4, W=6 -> padded to 6x6 with one row each side
+    out = T.resize_labels_nearest(lab, 3)                 # src = floor((dst + 0.5) * 6 / 3) = 1, 3, 5
+    padded = np.zeros((6, 6), int)
+    padded[1:5] = lab[0]
+    assert np.array_equal(out[0], padded[np.ix_([1, 3, 5], [1, 3, 5])])
+    assert np.array_equal(T.resize_labels_nearest(lab[:, :, :4], 4)[0], lab[0, :, :4])   # square: identity
+
+
+def test_training_inputs_equal_npunet_inference_inputs(data_dir):
+    """build_dataset's images are the very arrays npunet.pipeline feeds its network for the same CT."""
+    from npunet.io.nifti import read_ct
+    from npunet.pipeline import segment_array
+    from npunet.preprocess import DEFAULT_PREPROCESSING
+
+    case = "ts_chest"
+    ds = T.build_dataset(data_dir, [case], DEFAULT_PREPROCESSING, verbose=False)
+
+    seen = []
+
+    class Spy:                                            # a "network" that records what it is given
+        preprocessing = DEFAULT_PREPROCESSING
+
+        def __call__(self, x):
+            seen.append(np.array(x))
+            return np.zeros((x.shape[0], C) + x.shape[2:], np.float32)
+
+    img = read_ct(data_dir / "imagesTr" / f"{case}_0000.nii.gz")
+    segment_array(img.get_fdata(dtype=np.float32), img.affine, Spy(), batch_size=8, postprocess=False)
+    inference = np.concatenate(seen)
+    assert inference.shape == tuple(ds["images"].shape)
+    print(f"{case}: {inference.shape[0]} slices, max |train - inference| = "
+          f"{np.abs(ds['images'].numpy() - inference).max():.1e}")
+    assert np.array_equal(ds["images"].numpy(), inference)
+    # labels: on the same grid, with values from the annotated set
+    assert ds["labels"].shape == (inference.shape[0], 192, 192)
+    assert set(torch.unique(ds["labels"]).tolist()) <= {0} | set(ds["annotated"][case])
+    assert ds["known"].all()                              # ts_chest annotates every organ
+
+
+def test_partial_annotation_and_unknown_option(data_dir):
+    meta = T.read_dataset_json(data_dir)
+    names = T.label_names(meta)
+    unknown = T.parse_unknown(["ts_abdomen:esophagus", "ts_chest:10,left kidney"], names)
+    assert unknown == {"ts_abdomen": [10], "ts_chest": [10, 13]}
+    assert T.annotated_organs("ts_cta", meta, unknown) == [5]
+    assert T.annotated_organs("ts_abdomen", meta, unknown) == [k for k in range(1, 14) if k != 10]
+    assert T.annotated_organs("not_listed", meta, {}) == list(range(1, 14))
+
+
+def test_tiny_training_run_writes_a_convertible_checkpoint(data_dir, tmp_path):
+    from npunet.spec import expected_tensors
+
+    out = tmp_path / "run"
+    rc = T.main(["--data", str(data_dir), "--cases", "ts_chest", "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-size", "2", "--device", "cpu", "--threads", "2", "--output", str(out)])
+    assert rc == 0
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert set(ckpt) >= {"spec", "state_dict", "config", "cases", "labels", "preprocessing"}
+    want = expected_tensors(ckpt["spec"])
+    assert {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()} == want
+    assert list(ckpt["state_dict"]) == list(want)
+    assert ckpt["cases"] == ["ts_chest"]
+    assert ckpt["config"]["epochs"] == 1 and ckpt["config"]["steps_per_epoch"] == 2
+    assert ckpt["config"]["epochs_done"] == 1
+    assert ckpt["labels"][10] == "esophagus"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and set(log[0]) >= {"epoch", "loss", "dice", "ce", "lr", "seconds"}
+    assert math.isfinite(log[0]["loss"])
+
+    # tools/convert.py accepts it, and the npunet weights file carries the same tensors.
+    from npunet.weights import read_weights
+    from tools.convert import convert
+    header, tensors = read_weights(convert(out / "checkpoint.pt", tmp_path / "w.npuw"))
+    assert header["spec"] == ckpt["spec"]
+    for name, value in ckpt["state_dict"].items():
+        assert np.array_equal(tensors[name], value.numpy()), name

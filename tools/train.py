@@ -1,0 +1,617 @@
+"""Train an npunet network (default: the depthwise-separable ECA U-Net of Cheng et al., FLARE 2024 Task 2)
+in PyTorch on a FLARE-layout folder, and write a checkpoint that tools/convert.py turns into npunet weights.
+
+    python tools/train.py --unknown ts_abdomen:esophagus --holdout ts_abdomen --output runs/abdomen-out
+    python tools/train.py --epochs 2 --cases ts_chest --device cpu --output /tmp/x      # a quick smoke run
+
+What this file promises:
+- The network sees exactly what npunet sees at inference: every training slice is made by
+  npunet.preprocess.prepare_slices on npunet.preprocess.canonical(read_ct(...)), the functions
+  npunet.pipeline calls (tests/test_train.py checks the arrays are equal). The labels go through the same
+  canonical view and the same centred pad-to-square window, then a nearest-neighbour resize with
+  half-pixel centres: source index = floor((dst + 0.5) * side / size).
+- The recipe is the paper's: Dice + cross-entropy, AdamW lr 1e-3, cosine annealing over all steps, batch 8,
+  100 epochs (an epoch is one pass over all training slices). Weight decay 1e-4 (the paper gives none;
+  torch's AdamW default of 1e-2 is strong for a 0.4 M-parameter net on a few hundred slices).
+- Partial labels are handled with the marginal loss (see marginal_dice_ce_loss): an organ a case does not
+  annotate is unknown there, never taught as background.
+- Augmentation runs in torch on the training device (see augment_batch); no left-right flip (organs are
+  sided).
+- The checkpoint is {"spec", "state_dict", "config", "cases", "labels", "preprocessing"}: only plain
+  Python types and tensors, so torch.load(weights_only=True) reads it.
+
+Data layout: DATA/imagesTr/CASE_0000.nii.gz, DATA/labelsTr/CASE.nii.gz and DATA/dataset.json with
+{"labels": {"0": "background", ...}, "cases": {CASE: {"annotated": [label ids], ...}}}; a case that is not
+listed, or has no "annotated" list, is fully annotated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from npunet.io.nifti import read_ct, write_labels  # noqa: E402
+from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, prepare_slices, square_window  # noqa: E402
+from tools.torch_model import build_model, load_spec  # noqa: E402
+
+__all__ = ["build_dataset", "marginal_dice_ce_loss", "augment_batch", "sample_augment_params",
+           "identity_augment_params", "train", "predict_volume", "resize_labels_nearest", "main"]
+
+AUGMENT_DEFAULTS = {
+    "p_affine": 0.8,            # per sample: random scale and rotation (about the slice centre)
+    "scale": [0.8, 1.2],        # zoom factor, uniform (> 1 enlarges the anatomy)
+    "rotate_deg": 15.0,         # rotation angle, uniform in [-15, 15] degrees
+    "p_elastic": 0.5,           # per sample: smooth random displacement field
+    "elastic_grid": 5,          # control points per side of the coarse random grid
+    "elastic_sigma": 0.03,      # std of a control point's displacement, normalised units (2 = image width)
+    "p_intensity": 0.5,         # per sample: x * mult + shift on the normalised image
+    "mult": [0.9, 1.1],
+    "shift": 0.1,               # uniform in [-0.1, 0.1] (0.1 is 46 HU with the default window)
+    "p_gamma": 0.3,             # per sample: contrast x ** gamma (on [0, 1])
+    "gamma": [0.7, 1.5],        # log-uniform
+}
+
+
+# ------------------------------------------------------------------------------------------- data --
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("NPUNET_DATA", REPO.parent / "shared" / "data"))
+
+
+def read_dataset_json(data_dir) -> dict:
+    path = Path(data_dir) / "dataset.json"
+    if not path.is_file():
+        raise SystemExit(f"train: {path} not found (give --data, or set NPUNET_DATA, to a FLARE-layout folder)")
+    meta = json.loads(path.read_text())
+    if "labels" not in meta:
+        raise SystemExit(f"train: {path} has no 'labels' dict")
+    return meta
+
+
+def label_names(meta: dict) -> dict[int, str]:
+    """dataset.json's labels as {int id: name}."""
+    return {int(k): str(v) for k, v in sorted(meta["labels"].items(), key=lambda kv: int(kv[0]))}
+
+
+def list_cases(data_dir) -> list[str]:
+    """Cases that have both DATA/imagesTr/CASE_0000.nii.gz and DATA/labelsTr/CASE.nii.gz, sorted."""
+    data_dir = Path(data_dir)
+    out = []
+    for p in sorted((data_dir / "imagesTr").glob("*_0000.nii.gz")):
+        case = p.name[: -len("_0000.nii.gz")]
+        if (data_dir / "labelsTr" / f"{case}.nii.gz").is_file():
+            out.append(case)
+    return out
+
+
+def resolve_label(token: str, names: dict[int, str]) -> int:
+    """A label given by number ('10') or by name ('esophagus', case and '-'/' ' vs '_' ignored) -> its id."""
+    token = token.strip()
+    if token.isdigit() and int(token) in names:
+        return int(token)
+    norm = token.lower().replace("-", "_").replace(" ", "_")
+    for k, v in names.items():
+        if v.lower() == norm:
+            return k
+    raise SystemExit(f"train: unknown label {token!r}; labels are {names}")
+
+
+def parse_unknown(items, names: dict[int, str]) -> dict[str, list[int]]:
+    """['CASE:LABEL[,LABEL...]', ...] -> {CASE: [label ids]}."""
+    out: dict[str, set] = {}
+    for item in items or []:
+        case, sep, labels = item.partition(":")
+        if not sep or not case or not labels:
+            raise SystemExit(f"train: --unknown {item!r} must look like CASE:LABEL[,LABEL...]")
+        ids = {resolve_label(t, names) for t in labels.split(",") if t.strip()}
+        if 0 in ids:
+            raise SystemExit("train: background cannot be unknown")
+        out.setdefault(case, set()).update(ids)
+    return {c: sorted(v) for c, v in out.items()}
+
+
+def annotated_organs(case: str, meta: dict, unknown: dict[str, list[int]] | None = None) -> list[int]:
+    """The organ ids (no background) labelled in `case`: dataset.json's "annotated" list (all organs when
+    absent), minus the ones made unknown by --unknown."""
+    organs = [k for k in label_names(meta) if k != 0]
+    entry = meta.get("cases", {}).get(case, {})
+    ann = entry.get("annotated") if isinstance(entry, dict) else None
+    ann = organs if ann is None else [int(k) for k in ann]
+    drop = set((unknown or {}).get(case, []))
+    return sorted(k for k in ann if k not in drop and k != 0)
+
+
+def resize_labels_nearest(slices: np.ndarray, size: int) -> np.ndarray:
+    """(B, H, W) integer labels -> (B, size, size): pad to square (centred, value 0, the same SquareWindow
+    as the image), then nearest-neighbour resize with half-pixel centres, src = floor((dst + 0.5) * S / size)
+    computed exactly in integers."""
+    b, h, w = slices.shape
+    win = square_window(h, w)
+    square = np.zeros((b, win.side, win.side), dtype=slices.dtype)
+    square[:, win.y0:win.y0 + h, win.x0:win.x0 + w] = slices
+    idx = ((2 * np.arange(size) + 1) * win.side) // (2 * size)
+    return square[:, idx[:, None], idx[None, :]]
+
+
+def load_case(data_dir, case: str):
+    """(image: float32 HU Nifti1Image as npunet reads it, labels: integer array on the same grid)."""
+    data_dir = Path(data_dir)
+    img = read_ct(data_dir / "imagesTr" / f"{case}_0000.nii.gz")
+    lab_img = nib.load(str(data_dir / "labelsTr" / f"{case}.nii.gz"))
+    lab = np.asarray(lab_img.dataobj)
+    if lab.ndim == 4 and lab.shape[3] == 1:
+        lab = lab[..., 0]
+    if lab.shape != img.shape:
+        raise SystemExit(f"train: {case}: labels have shape {lab.shape}, image {img.shape}")
+    if not np.allclose(lab_img.affine, img.affine, atol=1e-3):
+        raise SystemExit(f"train: {case}: the label and image affines differ")
+    if not np.issubdtype(lab.dtype, np.integer):
+        rounded = np.rint(lab)
+        if not np.array_equal(rounded, lab):
+            raise SystemExit(f"train: {case}: label values are not integers")
+        lab = rounded
+    return img, lab.astype(np.int64)
+
+
+def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown=None, num_classes: int = 14,
+                  chunk: int = 16, verbose: bool = True) -> dict:
+    """Every axial slice of `cases`, preprocessed once, as tensors (CPU):
+
+        images   (N, 3, S, S) float32   prepare_slices output, exactly npunet's inference input
+        labels   (N, S, S)    uint8     label slices through the same window, nearest resize
+        known    (N, num_classes) bool  per slice: background and the organs its case annotates
+        case_index (N,) int64           index into `cases`
+    plus "cases", "annotated" {case: [organ ids]}, "labels" {id: name}, "slices" {case: count}.
+    Voxels of an organ the case does not annotate (e.g. marked --unknown) are set to 0 in `labels`: in the
+    marginal loss 0 means "background or an unannotated organ", which is true of them.
+    """
+    meta = read_dataset_json(data_dir)
+    names = label_names(meta)
+    if max(names) >= num_classes:
+        raise SystemExit(f"train: dataset.json has label {max(names)} but the network has {num_classes} classes")
+    size = int(params["input_size"])
+    images, labels, known, case_index, annotated, counts = [], [], [], [], {}, {}
+    for ci, case in enumerate(cases):
+        t0 = time.perf_counter()
+        img, lab = load_case(data_dir, case)
+        organs = annotated_organs(case, meta, unknown)
+        annotated[case] = organs
+        bad = (lab < 0) | (lab >= num_classes)
+        if bad.any():
+            raise SystemExit(f"train: {case}: label values {np.unique(lab[bad])[:10]} outside 0..{num_classes - 1}")
+        present = set(np.unique(lab).tolist()) - {0}
+        dropped = sorted(present - set(organs))
+        if dropped:
+            lab = np.where(np.isin(lab, dropped), 0, lab)
+            if verbose:
+                print(f"  {case}: labels {dropped} are not annotated here; their voxels count as unknown")
+        view = canonical(img.get_fdata(dtype=np.float32), img.affine, params["orientation"])
+        lview = canonical(lab, img.affine, params["orientation"])
+        nz = view.data.shape[2]
+        for start in range(0, nz, chunk):
+            zs = list(range(start, min(start + chunk, nz)))
+            x, _ = prepare_slices(view.data, zs, params)
+            images.append(torch.from_numpy(x))
+            y = resize_labels_nearest(np.moveaxis(lview.data[:, :, zs], 2, 0), size)
+            labels.append(torch.from_numpy(y.astype(np.uint8)))
+        mask = torch.zeros(num_classes, dtype=torch.bool)
+        mask[0] = True
+        mask[organs] = True
+        known.append(mask.expand(nz, num_classes))
+        case_index.append(torch.full((nz,), ci, dtype=torch.int64))
+        counts[case] = nz
+        if verbose:
+            print(f"  {case}: {nz} slices of {tuple(view.data.shape[:2])}, organs {organs} "
+                  f"({time.perf_counter() - t0:.1f} s)")
+    return {
+        "images": torch.cat(images), "labels": torch.cat(labels), "known": torch.cat(known).clone(),
+        "case_index": torch.cat(case_index), "cases": list(cases), "annotated": annotated,
+        "label_names": names, "slices": counts,
+    }
+
+
+# ------------------------------------------------------------------------------------------- loss --
+
+def marginal_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor,
+                          smooth: float = 1e-5):
+    """Dice + cross-entropy with the marginal treatment of partial labels. Returns (loss, dice, ce).
+
+    logits: (N, C, H, W); target: (N, H, W) int labels; known: (N, C) bool, True for the classes sample n's
+    case annotates (column 0, background, is always taken as True).
+
+    Marginal loss (Shi et al. 2021, "Marginal loss and exclusion loss for partially supervised multi-organ
+    segmentation"): in a case that labels only the organs A, a voxel labelled 0 means "background or some
+    organ outside A". So the classes U = {0} + (organs not in A) are merged into one:
+      - CE: for a voxel labelled 0 the log-probability is log sum_{k in U} p_k, computed stably as
+        logsumexp over k in U of log_softmax(logits)_k; for a voxel of organ c in A it is log p_c as usual.
+        The mean is over all voxels. With every organ annotated this is exactly F.cross_entropy.
+      - Dice: soft Dice per organ class (background left out, as nnU-Net does), pooled over the batch
+        ("batch Dice": sums of p*g, p and g over all pixels of the samples that annotate that class),
+        dice_c = (2 sum p g + smooth) / (sum p + sum g + smooth), averaged over the classes that at least
+        one sample annotates; dice part = 1 - that mean. Unannotated classes never enter it, so probability
+        on an unknown organ costs nothing where the label says 0.
+    loss = dice part + ce part.
+    """
+    n, c = logits.shape[:2]
+    if target.shape != (n,) + tuple(logits.shape[2:]) or known.shape != (n, c):
+        raise ValueError(f"logits {tuple(logits.shape)}, target {tuple(target.shape)}, known {tuple(known.shape)} "
+                         f"do not fit together")
+    target = target.long()
+    known = known.to(device=logits.device, dtype=torch.bool).clone()
+    known[:, 0] = True
+    merged = ~known
+    merged[:, 0] = True                                                     # (N, C): classes merged into 0
+    logp = F.log_softmax(logits.float(), dim=1)                             # (N, C, H, W)
+    logp_merged = torch.logsumexp(logp.masked_fill(~merged[:, :, None, None], float("-inf")), dim=1)
+    logp_target = logp.gather(1, target[:, None]).squeeze(1)                # (N, H, W)
+    target_merged = merged.gather(1, target.flatten(1)).view_as(target)     # label 0 or an unknown organ
+    ce = -torch.where(target_merged, logp_merged, logp_target).mean()
+
+    probs = logp.exp()[:, 1:]                                               # (N, C-1, H, W) organs only
+    onehot = F.one_hot(target, c).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+    w = known[:, 1:].to(probs.dtype)                                        # (N, C-1)
+    tp = ((probs * onehot).sum((2, 3)) * w).sum(0)                          # (C-1,)
+    psum = (probs.sum((2, 3)) * w).sum(0)
+    gsum = (onehot.sum((2, 3)) * w).sum(0)
+    dice_c = (2 * tp + smooth) / (psum + gsum + smooth)
+    valid = w.sum(0) > 0
+    dice = 1 - dice_c[valid].mean() if bool(valid.any()) else logits.new_zeros(())
+    return dice + ce, dice, ce
+
+
+# ----------------------------------------------------------------------------------- augmentation --
+
+def identity_augment_params(n: int, device="cpu", cfg: dict = AUGMENT_DEFAULTS) -> dict:
+    """Parameters under which augment_batch returns its input (up to bilinear rounding, ~1e-6)."""
+    g = int(cfg["elastic_grid"])
+    one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
+    return {"scale": one, "angle": zero, "elastic": torch.zeros(n, 2, g, g, device=device),
+            "mult": one, "shift": zero, "gamma": one}
+
+
+def sample_augment_params(n: int, generator: torch.Generator | None = None, device="cpu",
+                          cfg: dict = AUGMENT_DEFAULTS) -> dict:
+    """Random per-sample parameters; a sample skips a transform (gets its identity value) with 1 - p."""
+    def u(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+    def keep(p):
+        return torch.rand(n, generator=generator, device=device) < p
+
+    ident = identity_augment_params(n, device, cfg)
+    aff = keep(cfg["p_affine"])
+    ela = keep(cfg["p_elastic"])
+    inten = keep(cfg["p_intensity"])
+    gam = keep(cfg["p_gamma"])
+    g = int(cfg["elastic_grid"])
+    field = cfg["elastic_sigma"] * torch.randn(n, 2, g, g, generator=generator, device=device)
+    lo, hi = cfg["gamma"]
+    return {
+        "scale": torch.where(aff, u(*cfg["scale"]), ident["scale"]),
+        "angle": torch.where(aff, u(-1.0, 1.0) * math.radians(cfg["rotate_deg"]), ident["angle"]),
+        "elastic": field * ela[:, None, None, None],
+        "mult": torch.where(inten, u(*cfg["mult"]), ident["mult"]),
+        "shift": torch.where(inten, u(-cfg["shift"], cfg["shift"]), ident["shift"]),
+        "gamma": torch.where(gam, torch.exp(u(math.log(lo), math.log(hi))), ident["gamma"]),
+    }
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
+                  generator: torch.Generator | None = None, cfg: dict = AUGMENT_DEFAULTS):
+    """x: (N, 3, H, W) float normalised image in [0, 1]; y: (N, H, W) int labels -> augmented (x, y), same
+    shapes and dtypes, on x's device. params: from sample_augment_params (drawn here when None).
+
+    Spatial: one sampling grid per sample = affine (zoom by `scale` about the centre, rotate by `angle`)
+    plus an elastic displacement (the coarse (g x g) random field upsampled bicubically to H x W), applied
+    by F.grid_sample (align_corners=False, zero padding: 0 is air in the image and background in the
+    labels) with mode bilinear for the image and nearest for the labels, so label values stay in the set.
+    Intensity, on the normalised image: x -> x ** gamma (contrast), then x * mult + shift.
+    No left-right flip: organs are sided.
+    """
+    n, _, h, w = x.shape
+    if params is None:
+        params = sample_augment_params(n, generator, x.device, cfg)
+    cos, sin = torch.cos(params["angle"]), torch.sin(params["angle"])
+    inv = 1.0 / params["scale"]
+    theta = torch.stack([torch.stack([cos * inv, -sin * inv, torch.zeros_like(cos)], 1),
+                         torch.stack([sin * inv, cos * inv, torch.zeros_like(cos)], 1)], 1)   # (N, 2, 3)
+    grid = F.affine_grid(theta.to(x.dtype), [n, 1, h, w], align_corners=False)                # (N, H, W, 2)
+    field = params["elastic"]
+    if bool((field != 0).any()):
+        disp = F.interpolate(field.to(x.dtype), size=(h, w), mode="bicubic", align_corners=True)
+        grid = grid + disp.permute(0, 2, 3, 1)
+    xa = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    ya = F.grid_sample(y[:, None].to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    ya = ya[:, 0].round().to(y.dtype)
+    xa = xa.clamp(0.0, 1.0).pow(params["gamma"].to(x.dtype)[:, None, None, None])
+    xa = xa * params["mult"].to(x.dtype)[:, None, None, None] + params["shift"].to(x.dtype)[:, None, None, None]
+    return xa, ya
+
+
+# ------------------------------------------------------------------------------------------ train --
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    """An endless stream of index batches: consecutive random permutations of range(n), cut in batches."""
+    buf = torch.empty(0, dtype=torch.int64)
+    while True:
+        while len(buf) < batch_size:
+            buf = torch.cat([buf, torch.randperm(n, generator=generator)])
+        yield buf[:batch_size]
+        buf = buf[batch_size:]
+
+
+def train(dataset: dict, spec: dict, *, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
+          weight_decay: float = 1e-4, steps_per_epoch: int | None = None, augment: bool = True,
+          augment_cfg: dict = AUGMENT_DEFAULTS, device="cpu", seed: int = 0, on_epoch=None):
+    """Train a fresh build_model(spec) on `dataset` (from build_dataset). Returns (model, history).
+
+    steps_per_epoch defaults to ceil(N / batch_size), one pass over the N slices; batches are consecutive
+    random permutations. AdamW, cosine annealing of the lr from `lr` to 0 over epochs * steps_per_epoch
+    steps (stepped per batch). on_epoch(record, model) is called after every epoch with the record
+    {"epoch", "steps", "loss", "dice", "ce", "lr", "seconds"} (means over the epoch's steps; lr of its last
+    step).
+    """
+    seed_everything(seed)
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True    # fixed shapes: let cuDNN pick the fastest kernels
+    model = build_model(spec).to(device)
+    images = dataset["images"].to(device)
+    labels = dataset["labels"].to(device)
+    known = dataset["known"].to(device)
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("the dataset has no slices")
+    steps = steps_per_epoch or math.ceil(n / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
+    order_gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    stream = _batches(n, batch_size, order_gen)
+    history = []
+    model.train()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        for _ in range(steps):
+            idx = next(stream).to(device)
+            x, y, k = images[idx], labels[idx].long(), known[idx]
+            if augment:
+                x, y = augment_batch(x, y, generator=aug_gen, cfg=augment_cfg)
+            loss, dice, ce = marginal_dice_ce_loss(model(x), y, k)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lr_used = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            sums += torch.stack([loss.detach(), dice.detach(), ce.detach()]).double()
+        means = (sums / steps).tolist()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        record = {"epoch": epoch, "steps": steps, "loss": round(means[0], 6), "dice": round(means[1], 6),
+                  "ce": round(means[2], 6), "lr": float(lr_used),
+                  "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record, model)
+    return model, history
+
+
+# ---------------------------------------------------------------------------------------- predict --
+
+@torch.no_grad()
+def predict_volume(model, volume_hu: np.ndarray, affine: np.ndarray, params: dict = DEFAULT_PREPROCESSING,
+                   device="cpu", batch_size: int = 8, closing: bool = True) -> np.ndarray:
+    """(X, Y, Z) HU volume -> uint8 labels in the input's own array order, with the torch model.
+
+    Per batch of axial slices: prepare_slices (npunet's preprocessing), the network, bilinear upsampling of
+    the logits to the padded square (F.interpolate, align_corners=False), crop, argmax; then view.back()
+    and, when `closing` and params["closing_radius"] > 0, npunet.postprocess.close_labels.
+    """
+    model.eval()
+    device = torch.device(device)
+    view = canonical(volume_hu, affine, params["orientation"])
+    nx, ny, nz = view.data.shape
+    out = np.empty((nz, nx, ny), dtype=np.uint8)
+    for start in range(0, nz, batch_size):
+        zs = list(range(start, min(start + batch_size, nz)))
+        x, win = prepare_slices(view.data, zs, params)
+        logits = model(torch.from_numpy(x).to(device))
+        if logits.shape[-1] != win.side or logits.shape[-2] != win.side:
+            logits = F.interpolate(logits, size=(win.side, win.side), mode="bilinear", align_corners=False)
+        crop = logits[:, :, win.y0:win.y0 + win.height, win.x0:win.x0 + win.width]
+        out[zs] = crop.argmax(1).to(torch.uint8).cpu().numpy()
+    labels = np.ascontiguousarray(view.back(out.transpose(1, 2, 0)))
+    radius = int(params.get("closing_radius", 0))
+    if closing and radius > 0:
+        from npunet.postprocess import close_labels
+        labels = close_labels(labels, radius=radius)
+    return labels
+
+
+def dice_per_organ(pred: np.ndarray, gt: np.ndarray, organs) -> dict[int, float]:
+    """{organ: Dice} (both empty -> 1.0, one empty -> 0.0): a quick check, not the official FLARE metric."""
+    out = {}
+    for k in organs:
+        p, g = pred == k, gt == k
+        s = int(p.sum()) + int(g.sum())
+        out[k] = 1.0 if s == 0 else 2.0 * int((p & g).sum()) / s
+    return out
+
+
+# ------------------------------------------------------------------------------------------- main --
+
+def _save_checkpoint(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _plain(v):
+    """args values as plain JSON-able / weights_only-loadable Python types."""
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/train.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The recommended run on the three TotalSegmentator cases (the abdomen case leaves the esophagus "
+               "empty; dataset.json's note says to treat it as unknown):\n"
+               "  python tools/train.py --unknown ts_abdomen:esophagus\n"
+               "Then: python tools/convert.py runs/<stamp>/checkpoint.pt -o weights/dsconv_eca_unet.npuw")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", type=Path, default=default_data_dir(), metavar="DIR",
+                   help="FLARE-layout folder with imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz and "
+                        "dataset.json (default: $NPUNET_DATA, else ../shared/data beside the repository; "
+                        "now %(default)s)")
+    d.add_argument("--cases", default=None, metavar="CASE[,CASE...]",
+                   help="comma-separated cases to train on (default: every case with an image and a label)")
+    d.add_argument("--holdout", default=None, metavar="CASE",
+                   help="leave CASE out of training; afterwards segment it with the trained model (npunet's "
+                        "preprocessing, bilinear logit upsampling, argmax, closing) and write "
+                        "OUTPUT/pred/CASE.nii.gz plus a quick per-organ Dice against its label")
+    d.add_argument("--unknown", action="append", default=[], metavar="CASE:LABEL[,LABEL...]",
+                   help="mark organs (by number or name) as unknown in CASE, on top of dataset.json's "
+                        "'annotated' lists: the marginal loss then never teaches them as background there. "
+                        "Repeatable. Example: --unknown ts_abdomen:esophagus")
+    m = p.add_argument_group("model and optimisation")
+    m.add_argument("--spec", default="dsconv_eca_unet", metavar="NAME|JSON",
+                   help="architecture: a built-in spec name or a spec JSON file (default: %(default)s)")
+    m.add_argument("--epochs", type=int, default=100, metavar="N",
+                   help="epochs; one epoch is one pass over all training slices (default: %(default)s)")
+    m.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                   help="batches per epoch instead of ceil(slices / batch size) (for quick runs and tests)")
+    m.add_argument("--batch-size", type=int, default=8, metavar="N", help="slices per batch (default: %(default)s)")
+    m.add_argument("--lr", type=float, default=1e-3,
+                   help="AdamW peak learning rate, cosine-annealed to 0 over all steps (default: %(default)s)")
+    m.add_argument("--weight-decay", type=float, default=1e-4, metavar="WD", help="AdamW weight decay (default: %(default)s)")
+    m.add_argument("--no-augment", action="store_true",
+                   help="train without augmentation (default: random scale 0.8-1.2, rotation +-15 deg, "
+                        "elastic, intensity shift/scale and gamma; never a left-right flip)")
+    m.add_argument("--scale", type=float, nargs=2, default=AUGMENT_DEFAULTS["scale"], metavar=("LO", "HI"),
+                   help="range of the random zoom factor (default: %(default)s); widen it (e.g. 0.6 1.6) when "
+                        "the training cases have very different fields of view")
+    m.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed for python, numpy and torch (init, batch order, augmentation) (default: %(default)s)")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device: cpu, cuda or cuda:N (default: cuda if available, else cpu; now %(default)s)")
+    r.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch.set_num_threads for CPU work (default: torch's choice)")
+    r.add_argument("--output", type=Path, default=None, metavar="DIR",
+                   help="output folder for checkpoint.pt (rewritten after every epoch), log.jsonl and pred/ "
+                        "(default: runs/<timestamp> in the repository)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.epochs < 1 or args.batch_size < 1 or (args.steps_per_epoch is not None and args.steps_per_epoch < 1):
+        raise SystemExit("train: --epochs, --batch-size and --steps-per-epoch must be >= 1")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("train: --device cuda but torch sees no CUDA device; use --device cpu")
+    meta = read_dataset_json(args.data)
+    names = label_names(meta)
+    available = list_cases(args.data)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else list(available)
+    missing = [c for c in cases + ([args.holdout] if args.holdout else []) if c not in available]
+    if missing:
+        raise SystemExit(f"train: no image+label for {missing} in {args.data}; cases there: {available}")
+    if args.holdout:
+        cases = [c for c in cases if c != args.holdout]
+    if not cases:
+        raise SystemExit("train: no training cases left")
+    unknown = parse_unknown(args.unknown, names)
+    spec = load_spec(args.spec)
+    params = dict(DEFAULT_PREPROCESSING)
+    out_dir = args.output or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    print(f"train: cases {cases} from {args.data}" + (f", holdout {args.holdout}" if args.holdout else ""))
+    dataset = build_dataset(args.data, cases, params, unknown, num_classes=spec["num_classes"])
+    n = dataset["images"].shape[0]
+    steps = args.steps_per_epoch or math.ceil(n / args.batch_size)
+    augment_cfg = {**AUGMENT_DEFAULTS, "scale": list(args.scale)}
+    config = {**{k: _plain(v) for k, v in vars(args).items()},
+              "output": str(out_dir), "spec_name": spec.get("name"), "num_slices": n,
+              "slices_per_case": dataset["slices"], "annotated": {c: v for c, v in dataset["annotated"].items()},
+              "unknown": unknown, "steps_per_epoch": steps, "total_steps": steps * args.epochs,
+              "optimizer": "AdamW", "schedule": "cosine annealing per step to 0",
+              "loss": "marginal CE + batch soft Dice over annotated organs (background excluded)",
+              "augmentation": augment_cfg if not args.no_augment else None,
+              "torch_version": str(torch.__version__), "epochs_done": 0}
+    print(f"train: {n} slices, {steps} steps/epoch x {args.epochs} epochs, batch {args.batch_size}, "
+          f"device {args.device}, torch threads {torch.get_num_threads()}; output {out_dir}")
+    log_path = out_dir / "log.jsonl"
+    log_path.write_text("")
+    t_start = time.perf_counter()
+
+    def checkpoint(model):
+        return {"spec": spec, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "config": config, "cases": list(cases), "labels": dict(names), "preprocessing": params}
+
+    def on_epoch(record, model):
+        line = json.dumps(record)
+        print(line, flush=True)
+        with log_path.open("a") as f:
+            f.write(line + "\n")
+        config["epochs_done"] = record["epoch"]
+        config["train_seconds"] = round(time.perf_counter() - t_start, 1)
+        _save_checkpoint(out_dir / "checkpoint.pt", checkpoint(model))
+
+    model, _ = train(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
+                     augment=not args.no_augment, augment_cfg=augment_cfg, device=args.device, seed=args.seed,
+                     on_epoch=on_epoch)
+    print(f"train: wrote {out_dir / 'checkpoint.pt'} ({time.perf_counter() - t_start:.1f} s of training)")
+
+    if args.holdout:
+        case = args.holdout
+        t0 = time.perf_counter()
+        img, gt = load_case(args.data, case)
+        pred = predict_volume(model, img.get_fdata(dtype=np.float32), img.affine, params, args.device)
+        path = write_labels(pred, img, out_dir / "pred" / f"{case}.nii.gz", overwrite=True, label_names=names)
+        organs = annotated_organs(case, meta, unknown)
+        scores = dice_per_organ(pred, gt, organs)
+        print(f"holdout {case}: wrote {path} ({time.perf_counter() - t0:.1f} s); quick Dice per annotated organ:")
+        for k, v in scores.items():
+            print(f"  {k:2d} {names.get(k, '?'):22s} {v:.4f}" + ("   (absent in label and prediction)"
+                                                              if not (gt == k).any() and not (pred == k).any()
+                                                              else ""))
+        print(f"  mean {np.mean(list(scores.values())):.4f}")
+        (out_dir / "pred" / f"{case}.dice.json").write_text(
+            json.dumps({names.get(k, str(k)): round(v, 4) for k, v in scores.items()}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
