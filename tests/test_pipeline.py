@@ -41,8 +41,9 @@ def test_pipeline_matches_torch_pipeline(data_dir, case, weights):
     ours = segment_array(vol, img.affine, net, batch_size=8)
     theirs = segment_array_torch(vol, img.affine, tmodel, header["preprocessing"], batch_size=8)
     agree = float((ours == theirs).mean())
+    which = f"{weights.parent.name}/{weights.name}"
     organs = sorted(int(v) for v in set(np.unique(ours)) - {0})
-    print(f"\n  {case:<11} {vol.shape} {weights.parent.name + "/" + weights.name:<32} label agreement {agree * 100:.4f} %, "
+    print(f"\n  {case:<11} {vol.shape} {which:<32} label agreement {agree * 100:.4f} %, "
           f"labels present {organs}")
     assert ours.shape == vol.shape and ours.dtype == np.uint8
     assert agree >= 0.999
