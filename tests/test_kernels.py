@@ -89,6 +89,10 @@ CASES = [
     ("resize_bilinear", dict(N=1, C=8, H=33, W=47, oh=1, ow=5, ac=True)),
     ("concat_channels", dict(N=2, Ca=3, Cb=8, H=7, W=5)),
     ("concat_channels", dict(N=1, Ca=16, Cb=32, H=33, W=47)),
+    ("upsample_concat", dict(N=2, Ca=3, Cb=5, H=7, W=5, ac=False)),
+    ("upsample_concat", dict(N=1, Ca=1, Cb=1, H=1, W=1, ac=False)),
+    ("upsample_concat", dict(N=2, Ca=16, Cb=32, H=24, W=24, ac=False)),
+    ("upsample_concat", dict(N=1, Ca=8, Cb=3, H=33, W=47, ac=True)),
 ]
 
 
@@ -119,6 +123,9 @@ def _inputs(kernel, d, rng):
         return (_rand(rng, d["N"], d["C"], d["H"], d["W"]), d["oh"], d["ow"]), {"align_corners": d["ac"]}
     if kernel == "concat_channels":
         return (_rand(rng, d["N"], d["Ca"], d["H"], d["W"]), _rand(rng, d["N"], d["Cb"], d["H"], d["W"])), {}
+    if kernel == "upsample_concat":
+        return (_rand(rng, d["N"], d["Ca"], 2 * d["H"], 2 * d["W"]), _rand(rng, d["N"], d["Cb"], d["H"], d["W"])), \
+            {"align_corners": d["ac"]}
     raise KeyError(kernel)
 
 
@@ -153,6 +160,9 @@ def _torch(kernel, args, kwargs):
                               antialias=False)
         elif kernel == "concat_channels":
             y = torch.cat(t, dim=1)
+        elif kernel == "upsample_concat":
+            up = F.interpolate(t[1], scale_factor=2, mode="bilinear", align_corners=kwargs["align_corners"])
+            y = torch.cat([t[0], up], dim=1)
         else:
             raise KeyError(kernel)
     return y.numpy()
@@ -177,7 +187,7 @@ def test_parity_with_torch(kernel, dims):
     d_fast, d_ref, d_twin = _maxdiff(fast, want), _maxdiff(ref, want), _maxdiff(fast, ref)
     print(f"\n  {kernel:20s} {_shape_text(dims):42s} fast-torch {d_fast:.2e}  ref-torch {d_ref:.2e}  "
           f"fast-ref {d_twin:.2e}", end="")
-    tol = TOL_BILINEAR if kernel in ("upsample_bilinear2x", "resize_bilinear") else TOL
+    tol = TOL_BILINEAR if kernel in ("upsample_bilinear2x", "resize_bilinear", "upsample_concat") else TOL
     assert d_fast <= _bound(tol, want)
     assert d_ref <= _bound(tol, want)
     assert d_twin <= _bound(TOL, ref)

@@ -8,6 +8,18 @@ interleaved within each round (npunet, torch NCHW, torch channels_last, ONNX Run
 turn) so that a noisy neighbour slows all of them alike; the table gives the median time per call, the
 time per slice, and the ratio to npunet. An engine that is not installed is skipped with a note.
 First-call (Numba compilation or cache load) time is reported separately from the steady state.
+
+    python tools/bench.py --case 100 300        # whole `npunet segment` file-to-file, 512x512xN CT
+    python tools/bench.py --startup             # first call (fresh Numba cache) vs warm start
+
+--case builds a 512x512xN CT by tiling ts_chest_0000.nii.gz (512x512x20) along z (data folder
+../shared/data/imagesTr, or $NPUNET_DATA), writes it to a temporary NIfTI, then runs `npunet segment` on it
+in a fresh subprocess (per-stage seconds from npunet.pipeline.segment_array's `timings`, plus read and
+write), next to the same case through the torch forward (tools/torch_pipeline.py). Peak RSS is the child's
+own getrusage(RUSAGE_SELF).ru_maxrss at exit
+(what getrusage(RUSAGE_CHILDREN) reports, for that one child). --startup times, in fresh
+subprocesses, the first network call with an empty NUMBA_CACHE_DIR (compilation) and again with that cache
+present (warm start: import, weights loaded, kernels loaded from the cache, one forward of one slice).
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -106,6 +119,158 @@ def bench_forward(weights_path: Path, batch: int, rounds: int, threads: int, rep
     return {"rows": rows, "notes": notes}
 
 
+# ---- whole case, file to file, in fresh subprocesses ----------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Runs in the child: `npunet segment` through its own entry point, with the reader, the writer and
+# segment_array wrapped to record their seconds; prints one JSON line.
+_NPUNET_CHILD = r"""
+import json, sys, time
+t_start = time.perf_counter()
+import npunet.segment_cli as sc
+rec = {"timings": {}}
+def timed(name, fn):
+    def wrap(*a, **k):
+        t = time.perf_counter(); r = fn(*a, **k); rec[name] = rec.get(name, 0.0) + time.perf_counter() - t
+        return r
+    return wrap
+sc.read_job = timed("read", sc.read_job)
+sc.write_labels = timed("write", sc.write_labels)
+_seg = sc.segment_array
+def seg(*a, timings=None, **k):
+    out = _seg(*a, timings=rec["timings"], **k)
+    if timings is not None:
+        timings.update(rec["timings"])
+    return out
+sc.segment_array = seg
+from npunet.cli import main
+rc = main(["segment", sys.argv[1], "-o", sys.argv[2], "--overwrite", "--quiet"] + sys.argv[3:])
+rec["rc"] = rc
+rec["in_process_s"] = time.perf_counter() - t_start
+import resource; rec["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("BENCH_JSON " + json.dumps(rec))
+"""
+
+_TORCH_CHILD = r"""
+import json, sys, time
+t_start = time.perf_counter()
+import numpy as np, nibabel as nib, torch
+torch.set_num_threads(int(sys.argv[3]))
+sys.path.insert(0, sys.argv[4])
+import npunet
+from tools.torch_pipeline import segment_array_torch, torch_model_from_weights
+rec = {}
+model, header = torch_model_from_weights(npunet.default_weights_path())
+t = time.perf_counter(); img = nib.load(sys.argv[1]); vol = np.asarray(img.dataobj, dtype=np.float32)
+rec["read"] = time.perf_counter() - t
+t = time.perf_counter(); labels = segment_array_torch(vol, img.affine, model, header["preprocessing"])
+rec["segment"] = time.perf_counter() - t
+t = time.perf_counter(); out = nib.Nifti1Image(labels, img.affine, img.header); out.set_data_dtype(np.uint8)
+nib.save(out, sys.argv[2]); rec["write"] = time.perf_counter() - t
+rec["in_process_s"] = time.perf_counter() - t_start
+import resource; rec["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("BENCH_JSON " + json.dumps(rec))
+"""
+
+
+def run_child(code: str, args: list[str], env: dict | None = None) -> dict:
+    """Run `python -c code args` fresh; its JSON record plus wall seconds and peak RSS (MiB)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=str(REPO), env={**os.environ, **(env or {})}, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t
+    rec = None
+    for line in out.splitlines():
+        if line.startswith("BENCH_JSON "):
+            rec = json.loads(line[len("BENCH_JSON "):])
+    if proc.returncode != 0 or rec is None:
+        raise RuntimeError(f"child failed (rc {proc.returncode}):\n{err[-3000:]}")
+    rec["wall_s"] = wall
+    rec["peak_rss_mib"] = rec.pop("maxrss_kib") / 1024.0
+    return rec
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("NPUNET_DATA") or REPO.parent / "shared" / "data" / "imagesTr")
+
+
+def make_case(nz: int, folder: Path) -> Path:
+    """A 512x512xnz CT: ts_chest_0000 (512x512x20) tiled along z, written as NIfTI (affine kept)."""
+    import nibabel as nib
+    src = nib.load(data_dir() / "ts_chest_0000.nii.gz")
+    vol = np.asarray(src.dataobj)
+    reps = -(-nz // vol.shape[2])
+    tiled = np.concatenate([vol] * reps, axis=2)[:, :, :nz]
+    path = folder / f"case_{nz}_0000.nii.gz"
+    img = nib.Nifti1Image(tiled, src.affine, src.header)
+    img.set_data_dtype(src.get_data_dtype())
+    nib.save(img, path)
+    return path
+
+
+def bench_case(sizes: list[int], threads: int, torch_too: bool = True) -> list[dict]:
+    rows = []
+    folder = Path(tempfile.mkdtemp(prefix="npunet_case_"))
+    for nz in sizes:
+        path = make_case(nz, folder)
+        out = folder / f"labels_{nz}.nii.gz"
+        run_child(_NPUNET_CHILD, [str(path), str(out), "--threads", str(threads)])   # warms the Numba cache
+        rec = run_child(_NPUNET_CHILD, [str(path), str(out), "--threads", str(threads)])
+        rows.append({"engine": "npunet", "nz": nz, **rec})
+        if torch_too:
+            try:
+                rec = run_child(_TORCH_CHILD, [str(path), str(folder / f"torch_{nz}.nii.gz"), str(threads),
+                                               str(REPO)])
+                rows.append({"engine": "torch forward", "nz": nz, **rec})
+            except RuntimeError as exc:
+                rows.append({"engine": "torch forward", "nz": nz, "error": str(exc).splitlines()[-1]})
+    return rows
+
+
+def print_case(rows: list[dict]) -> None:
+    print(f"{'engine':<14} {'slices':>6} {'wall s':>7} {'read':>6} {'prep':>6} {'network':>8} {'up+argmax':>9} "
+          f"{'post':>6} {'write':>6} {'peak RSS MiB':>13}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['engine']:<14} {r['nz']:>6}  failed: {r['error']}")
+            continue
+        t = r.get("timings", {})
+        net = t.get("network", r.get("segment", float("nan")))
+        print(f"{r['engine']:<14} {r['nz']:>6} {r['wall_s']:>7.2f} {r['read']:>6.2f} {t.get('preprocess', float('nan')):>6.2f} "
+              f"{net:>8.2f} {t.get('upsample_argmax', float('nan')):>9.2f} {t.get('postprocess', float('nan')):>6.2f} "
+              f"{r['write']:>6.2f} {r['peak_rss_mib']:>13.0f}")
+    print("  (torch forward: 'network' is its whole segment_array_torch, post-processing included)")
+
+
+_STARTUP_CHILD = r"""
+import json, time
+t0 = time.perf_counter()
+import numpy as np
+import npunet
+net = npunet.load()
+t1 = time.perf_counter()
+net(np.zeros((1, 3, 192, 192), np.float32))
+t2 = time.perf_counter()
+import resource
+print("BENCH_JSON " + json.dumps({"import_load_s": t1 - t0, "first_forward_s": t2 - t1, "total_s": t2 - t0,
+                                 "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def bench_startup() -> list[dict]:
+    cache = Path(tempfile.mkdtemp(prefix="npunet_numba_cache_"))
+    env = {"NUMBA_CACHE_DIR": str(cache)}
+    rows = [{"run": "first call (empty cache, compiles)", **run_child(_STARTUP_CHILD, [], env)}]
+    for i in range(3):
+        rows.append({"run": f"warm start {i + 1} (cache present)", **run_child(_STARTUP_CHILD, [], env)})
+    print(f"{'run':<36} {'process wall s':>14} {'import+load s':>13} {'first forward s':>16}")
+    for r in rows:
+        print(f"{r['run']:<36} {r['wall_s']:>14.2f} {r['import_load_s']:>13.2f} {r['first_forward_s']:>16.2f}")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -115,7 +280,22 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="calls per engine per round")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every engine")
     p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--case", type=int, nargs="+", metavar="N",
+                   help="time whole `npunet segment` runs of 512x512xN CTs instead of the forward")
+    p.add_argument("--no-torch", action="store_true", help="with --case: skip the torch-forward pipeline")
+    p.add_argument("--startup", action="store_true", help="time first call (compile) vs warm start instead")
     args = p.parse_args(argv)
+    if args.case or args.startup:
+        results = {}
+        if args.case:
+            print(f"threads {args.threads}; whole case file to file, fresh process each (second run: warm cache)")
+            results["case"] = bench_case(args.case, args.threads, not args.no_torch)
+            print_case(results["case"])
+        if args.startup:
+            results["startup"] = bench_startup()
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return 0
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     weights = Path(args.weights) if args.weights else random_weights()

@@ -18,6 +18,7 @@ resample  max_pool2x2(x)                     -> (N,C,H//2,W//2)            F.max
           upsample_argmax(logits, out_h, out_w, crop_y0=0, crop_x0=0, crop_h=None, crop_w=None)
                                              -> uint8 (N,crop_h,crop_w)    argmax(interpolate(size), 1)[crop]
           concat_channels(a, b)              skip first, then upsampled    torch.cat([a, b], 1)
+          upsample_concat(skip, x, align_corners=False) -> (N,Ca+Cb,2H,2W) torch.cat([skip, interpolate(x, 2)], 1)
 """
 
 from npunet.kernels.conv import (
@@ -28,12 +29,13 @@ from npunet.kernels.norm import group_norm, group_norm_reference, relu, relu_ref
 from npunet.kernels.resample import (
     bilinear_source_index, concat_channels, concat_channels_reference, max_pool2x2, max_pool2x2_reference,
     resize_bilinear, resize_bilinear_reference, upsample_argmax, upsample_argmax_reference, upsample_bilinear2x,
-    upsample_bilinear2x_reference)
+    upsample_bilinear2x_reference, upsample_concat, upsample_concat_reference)
 
 __all__ = [
     "depthwise_conv3x3", "pointwise_conv", "conv3x3", "conv_transpose2x2",
     "group_norm", "relu", "eca",
     "max_pool2x2", "upsample_bilinear2x", "resize_bilinear", "upsample_argmax", "concat_channels",
+    "upsample_concat", "upsample_concat_reference",
     "depthwise_conv3x3_reference", "pointwise_conv_reference", "conv3x3_reference", "conv_transpose2x2_reference",
     "group_norm_reference", "relu_reference", "eca_reference",
     "max_pool2x2_reference", "upsample_bilinear2x_reference", "resize_bilinear_reference",

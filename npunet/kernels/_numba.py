@@ -7,13 +7,43 @@
 
 fastmath stays off: it lets LLVM reorder sums and drop NaN checks, which breaks the parity tests and
 max-pool NaN propagation. error_model="numpy" only removes the ZeroDivisionError checks from divisions.
-cache=True stores compiled code in __pycache__ beside the source, or under $NUMBA_CACHE_DIR when set (Numba
-falls back to a per-user cache folder when the package folder is read-only). NUMBA_DISABLE_JIT=1 runs the
+cache=True stores compiled code in __pycache__ beside the source, or under $NUMBA_CACHE_DIR when set; on a
+read-only install (package folder not writable, NUMBA_CACHE_DIR unset) it goes to ~/.cache/npunet/numba
+(see _cache_dir_for_read_only_install). NUMBA_DISABLE_JIT=1 runs the
 same source as plain Python, for debugging.
 """
 
+import os
+import tempfile
+from pathlib import Path
+
 import numba
 import numpy as np
+
+
+def _cache_dir_for_read_only_install():
+    """If NUMBA_CACHE_DIR is unset and the package folder is not writable (a read-only or system install),
+    point Numba's cache at a user-writable folder before any kernel below is compiled, so that the compiled
+    kernels are still cached and the second start is fast: $XDG_CACHE_HOME/npunet/numba, else
+    ~/.cache/npunet/numba (else a folder in the temp dir)."""
+    if os.environ.get("NUMBA_CACHE_DIR") or numba.config.CACHE_DIR:
+        return
+    if os.access(Path(__file__).parent / "__pycache__", os.W_OK) or (
+            not (Path(__file__).parent / "__pycache__").exists() and os.access(Path(__file__).parent, os.W_OK)):
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for folder in (os.path.join(base, "npunet", "numba"), os.path.join(tempfile.gettempdir(), "npunet-numba")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            os.environ["NUMBA_CACHE_DIR"] = folder      # for child processes
+            numba.config.CACHE_DIR = folder             # read by Numba's cache locator at decoration time
+            return
+
+
+_cache_dir_for_read_only_install()
 
 _OPTIONS = dict(cache=True, fastmath=False, error_model="numpy")
 

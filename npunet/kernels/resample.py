@@ -89,6 +89,12 @@ def concat_channels_reference(a, b, out=None):
     return finish(np.concatenate([np.asarray(a, np.float64), np.asarray(b, np.float64)], axis=1), out)
 
 
+def upsample_concat_reference(skip, x, align_corners=False, out=None):
+    """skip: (N, Ca, 2H, 2W), x: (N, Cb, H, W) -> (N, Ca+Cb, 2H, 2W). Mirrors the decoder's
+    torch.cat([skip, F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)], 1)."""
+    return concat_channels_reference(skip, upsample_bilinear2x_reference(x, align_corners), out)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Numba fast paths
 # ---------------------------------------------------------------------------------------------------------
@@ -133,20 +139,27 @@ def _interp_row(src, ix0, ix1, lx0, lx1, dst):
 
 
 @kernel
-def _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band, span, out):
+def _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band, span, out, skip):
     # Separable: the source rows a band of output rows needs are interpolated along W once (into `rows`),
     # then each output row is rows[a]*l0y + rows[b]*l1y, the same float32 operations in the same order
     # as the one-pixel formula in the module docstring.
-    N, C = x.shape[0], x.shape[1]
+    # out: (N, Ca + C, oh, ow); its first Ca channels are copied from skip (N, Ca, oh, ow) (Ca may be 0).
+    N, C, Ca = x.shape[0], x.shape[1], skip.shape[1]
     oh, ow = out.shape[2], out.shape[3]
     n_bands = (oh + band - 1) // band
-    for t in prange(N * C * n_bands):
-        n, c, b = t // (C * n_bands), (t // n_bands) % C, t % n_bands
+    for t in prange(N * (Ca + C) * n_bands):
+        n, c, b = t // ((Ca + C) * n_bands), (t // n_bands) % (Ca + C), t % n_bands
         r_lo, r_hi = b * band, min(oh, (b + 1) * band)
+        if c < Ca:
+            for oy in range(r_lo, r_hi):
+                src, dst = skip[n, c, oy], out[n, c, oy]
+                for j in range(ow):
+                    dst[j] = src[j]
+            continue
         s0 = iy0[r_lo]
         rows = np.empty((span, ow), np.float32)
         for s in range(iy1[r_hi - 1] - s0 + 1):
-            _interp_row(x[n, c, s0 + s], ix0, ix1, lx0, lx1, rows[s])
+            _interp_row(x[n, c - Ca, s0 + s], ix0, ix1, lx0, lx1, rows[s])
         for oy in range(r_lo, r_hi):
             ra, rb, dst = rows[iy0[oy] - s0], rows[iy1[oy] - s0], out[n, c, oy]
             h0, h1 = ly0[oy], ly1[oy]
@@ -216,15 +229,17 @@ def max_pool2x2(x, out=None):
     return out
 
 
-def _resize(x, out_h, out_w, align_corners, scale_factor, out):
+def _resize(x, out_h, out_w, align_corners, scale_factor, out, skip=None):
     N, C, H, W = x.shape
     if out_h < 1 or out_w < 1 or H < 1 or W < 1:
         raise ValueError(f"bilinear resize: sizes must be positive, got x {x.shape} -> ({out_h}, {out_w})")
-    out = output(out, (N, C, out_h, out_w), inputs=(x,))
+    if skip is None:
+        skip = np.empty((N, 0, out_h, out_w), np.float32)
+    out = output(out, (N, skip.shape[1] + C, out_h, out_w), inputs=(x, skip))
     if out.size:
         iy0, iy1, ly0, ly1 = bilinear_source_index(H, out_h, align_corners, scale_factor)
         ix0, ix1, lx0, lx1 = bilinear_source_index(W, out_w, align_corners, scale_factor)
-        _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, BAND, _band_span(iy0, iy1, BAND), out)
+        _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, BAND, _band_span(iy0, iy1, BAND), out, skip)
     return out
 
 
@@ -233,6 +248,17 @@ def upsample_bilinear2x(x, align_corners=False, out=None):
     Mirrors F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)."""
     x = as_f32(x, "x", 4)
     return _resize(x, 2 * x.shape[2], 2 * x.shape[3], bool(align_corners), 2.0, out)
+
+
+def upsample_concat(skip, x, align_corners=False, out=None):
+    """skip: (N, Ca, 2H, 2W), x: (N, Cb, H, W) -> (N, Ca+Cb, 2H, 2W). Mirrors the decoder's
+    torch.cat([skip, F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=align_corners)], 1):
+    upsample_bilinear2x written straight into the concat buffer, in one parallel pass."""
+    skip, x = as_f32(skip, "skip", 4), as_f32(x, "x", 4)
+    N, Cb, H, W = x.shape
+    if skip.shape[0] != N or skip.shape[2:] != (2 * H, 2 * W):
+        raise ValueError(f"upsample_concat: skip {skip.shape} must be (N, Ca, 2H, 2W) for x {x.shape}")
+    return _resize(x, 2 * H, 2 * W, bool(align_corners), 2.0, out, skip)
 
 
 def resize_bilinear(x, out_h, out_w, align_corners=False, out=None):
