@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -18,11 +19,14 @@ DEFAULT_WEIGHTS_NAME = "dsconv_eca_unet.npuw"
 
 
 def default_weights_path() -> Path:
-    """$NPUNET_WEIGHTS if set, else the weights shipped in the repository's weights/ folder."""
+    """$NPUNET_WEIGHTS if set, else the shipped weights: the checkout's weights/ folder (editable install),
+    or <prefix>/share/npunet/weights (where `pip install .` puts them)."""
     env = os.environ.get("NPUNET_WEIGHTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS_NAME
+    checkout = Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS_NAME
+    installed = Path(sys.prefix) / "share" / "npunet" / "weights" / DEFAULT_WEIGHTS_NAME
+    return installed if not checkout.exists() and installed.exists() else checkout
 
 
 def load(path=None):
