@@ -23,6 +23,7 @@ import numpy as np
 
 from npunet.errors import InputError, NpunetError
 from npunet.io.cases import Job, plan_jobs, read_job
+from npunet.statistics import label_counts
 from npunet.io.nifti import (check_output_path, hu_range_warning, labels_image, labels_json_path, sidecar_path,
                              validate_image, write_labels)
 
@@ -224,7 +225,7 @@ def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postp
     files = output_files(job.output, statistics, preview)
     write_labels(labels, img, files["labels"], overwrite=overwrite, label_names=label_names)
     written += [files["labels"], files["names"]]
-    found = int(np.count_nonzero(np.bincount(labels.ravel(), minlength=1)[1:]))
+    found = int(np.count_nonzero(label_counts(labels)[1:]))
     log.say(f"{prefix}: wrote {files['labels']} ({found} organs found)")
     if statistics:
         from npunet.statistics import organ_statistics, write_statistics

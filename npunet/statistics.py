@@ -24,6 +24,20 @@ def voxel_volume_mm3(affine: np.ndarray) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
 
 
+def label_counts(labels: np.ndarray, n: int = 256) -> np.ndarray:
+    """Voxel count of each label value 0..n-1 of an integer label map, without a full-size int64 copy."""
+    counts = np.zeros(n, np.int64)
+    for a, b in _slabs(labels.shape[0], labels[:1].size):
+        counts += np.bincount(labels[a:b].ravel(), minlength=n)[:n]
+    return counts
+
+
+def _slabs(length: int, items_per_index: int, budget: int = 1 << 22):
+    """(start, stop) ranges along the first axis of about `budget` items each."""
+    step = max(1, budget // max(1, items_per_index))
+    return [(a, min(a + step, length)) for a in range(0, length, step)]
+
+
 def organ_statistics(labels: np.ndarray, volume_hu: np.ndarray | None, affine: np.ndarray,
                      label_names: dict[int, str]) -> list[dict]:
     """One row per organ (every non-zero label in label_names, in label order, present or not):
@@ -37,10 +51,13 @@ def organ_statistics(labels: np.ndarray, volume_hu: np.ndarray | None, affine: n
         raise ValueError(f"labels {labels.shape} and CT {np.shape(volume_hu)} differ in shape")
     keys = sorted(int(k) for k in label_names if int(k) != 0)
     n = max(keys + [int(labels.max()) if labels.size else 0]) + 1
-    flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n)
-    sums = (np.bincount(flat, weights=np.asarray(volume_hu, dtype=np.float64).ravel(), minlength=n)
-            if volume_hu is not None else None)
+    counts = np.zeros(n, np.int64)
+    sums = np.zeros(n, np.float64) if volume_hu is not None else None
+    for a, b in _slabs(labels.shape[0], labels[:1].size):   # bincount makes int64/float64 copies: bound them
+        flat = labels[a:b].ravel()
+        counts += np.bincount(flat, minlength=n)
+        if sums is not None:
+            sums += np.bincount(flat, weights=np.asarray(volume_hu[a:b], dtype=np.float64).ravel(), minlength=n)
     vox_ml = voxel_volume_mm3(affine) / 1000.0
     rows = []
     for k in keys:
