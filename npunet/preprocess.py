@@ -73,13 +73,17 @@ def normalize_hu(x: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
 
 def stack_25d(volume: np.ndarray, z_indices, context: int = 1) -> np.ndarray:
     """(X, Y, Z) volume -> (B, 2*context+1, X, Y): for each z, slices z-context .. z+context, clamped."""
-    z_indices = np.asarray(z_indices)
+    z = np.asarray(z_indices, dtype=np.int64)
     last = volume.shape[2] - 1
-    out = np.empty((len(z_indices), 2 * context + 1) + volume.shape[:2], dtype=np.float32)
-    for b, z in enumerate(z_indices):
-        for c, dz in enumerate(range(-context, context + 1)):
-            out[b, c] = volume[:, :, min(max(z + dz, 0), last)]
-    return out
+    taps = np.clip(z[:, None] + np.arange(-context, context + 1)[None, :], 0, last)    # (B, 2*context+1)
+    lo, hi = int(taps.min()), int(taps.max())
+    if hi - lo + 1 > taps.size:                      # scattered slices: copy just the ones needed
+        return np.stack([volume[:, :, t] for t in taps.ravel()]).astype(np.float32).reshape(
+            taps.shape + volume.shape[:2])
+    # Copy the slab of slices once, slice-major (a slab is read in one pass: twice as fast as slice by slice),
+    # then pick each sample's neighbours from it.
+    slab = np.moveaxis(volume[:, :, lo:hi + 1], 2, 0).astype(np.float32, copy=True)   # (hi-lo+1, X, Y)
+    return slab[taps - lo]
 
 
 @dataclass(frozen=True)
