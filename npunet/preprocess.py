@@ -82,7 +82,7 @@ def stack_25d(volume: np.ndarray, z_indices, context: int = 1) -> np.ndarray:
             taps.shape + volume.shape[:2])
     # Copy the slab of slices once, slice-major (a slab is read in one pass: twice as fast as slice by slice),
     # then pick each sample's neighbours from it.
-    slab = np.moveaxis(volume[:, :, lo:hi + 1], 2, 0).astype(np.float32, copy=True)   # (hi-lo+1, X, Y)
+    slab = np.array(np.moveaxis(volume[:, :, lo:hi + 1], 2, 0), dtype=np.float32, order="C")   # (hi-lo+1, X, Y)
     return slab[taps - lo]
 
 
