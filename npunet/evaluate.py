@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from npunet.errors import InputError, NpunetError
-from npunet.io.nifti import atomic_write, is_nifti_name, strip_nifti_suffix
+from npunet.io.nifti import atomic_write, is_nifti_name, one_line, open_image, strip_nifti_suffix
 from npunet.labels import LABELS, NSD_TOLERANCE_MM, ORGANS
 from npunet.surface import surface_dice
 
@@ -151,18 +151,12 @@ def load_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, fl
     Raises InputError (one line, naming the file) for a missing or unreadable file, a non-3D image, or
     non-integer voxel values.
     """
-    import nibabel as nib
-
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a NIfTI file")
+    img = open_image(path)
     try:
-        img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, ... for bad bytes
-        raise InputError(f"{path}: not a readable NIfTI image ({_one_line(exc)})") from None
+    except Exception as exc:  # nibabel raises OSError, EOFError, zlib errors, ... for truncated data
+        raise InputError(f"{path}: not a readable NIfTI image ({one_line(exc, path)})") from None
     if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
@@ -176,11 +170,6 @@ def load_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, fl
         data = rounded.astype(np.int16)
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
     return data, spacing
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def pair_cases(pred: str | os.PathLike, gt: str | os.PathLike) -> list[tuple[str, Path | None, Path]]:

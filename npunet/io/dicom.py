@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
+from npunet.io.nifti import one_line
 
 INSTALL_HINT = "pip install 'npunet[dicom]' (or: pip install pydicom pylibjpeg pylibjpeg-openjpeg)"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -74,7 +75,7 @@ def read_dicom_series(folder: str | os.PathLike) -> nib.Nifti1Image:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception as exc:
-            raise InputError(f"{f}: unreadable DICOM file ({_one_line(exc)})") from None
+            raise InputError(f"{f}: unreadable DICOM file ({one_line(exc)})") from None
         headers.append((f, ds))
 
     series: dict[str, list] = {}
@@ -166,7 +167,7 @@ def _read_slice_hu(pydicom, path: Path, rows: int, cols: int) -> np.ndarray:
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", syntax)
-        raise InputError(f"{path}: cannot decode the pixel data ({name}: {_one_line(exc)}); "
+        raise InputError(f"{path}: cannot decode the pixel data ({name}: {one_line(exc)}); "
                          f"{INSTALL_HINT}") from None
     if pixels.shape != (rows, cols):
         raise InputError(f"{path}: pixel data of shape {pixels.shape}, expected {(rows, cols)}")
@@ -183,8 +184,3 @@ def _describe(ds) -> str:
     modality = str(ds.get("Modality", "")).strip()
     parts = [p for p in (modality, desc) if p]
     return (", " + " ".join(parts)) if parts else ""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

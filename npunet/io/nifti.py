@@ -55,6 +55,18 @@ def labels_json_path(output: str | os.PathLike) -> Path:
 
 # ------------------------------------------------------------------------------------------- reading --
 
+def open_image(path: Path):
+    """nib.load(path), with a one-line InputError for a missing file, a folder, or unreadable bytes."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a NIfTI file")
+    try:
+        return nib.load(str(path))
+    except Exception as exc:  # nibabel raises ImageFileError, OSError, ValueError, ... for foreign bytes
+        raise InputError(f"{path}: not a readable NIfTI image ({one_line(exc, path)})") from None
+
+
 def read_ct(path: str | os.PathLike) -> nib.Nifti1Image:
     """Load a NIfTI CT and validate it; the returned image holds its voxels in memory as float32 (HU).
 
@@ -63,14 +75,7 @@ def read_ct(path: str | os.PathLike) -> nib.Nifti1Image:
     size 1 is accepted and squeezed), an axis of size 0, a non-invertible affine, and NaN/Inf voxels.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a NIfTI file")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises ImageFileError, OSError, ValueError, ... for foreign bytes
-        raise InputError(f"{path}: not a readable NIfTI image ({_one_line(exc, path)})") from None
+    img = open_image(path)
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI image (nibabel reads it as {type(img).__name__}); "
                          f"convert it to .nii.gz first")
@@ -78,9 +83,9 @@ def read_ct(path: str | os.PathLike) -> nib.Nifti1Image:
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, ValueError, OSError) as exc:
-        raise InputError(f"{path}: truncated or corrupt image data ({_one_line(exc, path)})") from None
+        raise InputError(f"{path}: truncated or corrupt image data ({one_line(exc, path)})") from None
     except TypeError as exc:
-        raise InputError(f"{path}: unsupported voxel type {img.get_data_dtype()} ({_one_line(exc)})") from None
+        raise InputError(f"{path}: unsupported voxel type {img.get_data_dtype()} ({one_line(exc)})") from None
     return _in_memory(img, data, str(path))
 
 
@@ -228,7 +233,7 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"{output}: the output folder {existing} is not writable ({_one_line(exc)})") from None
+        raise InputError(f"{output}: the output folder {existing} is not writable ({one_line(exc)})") from None
     return output
 
 
@@ -266,7 +271,7 @@ def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"{path}: cannot create the output folder ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot create the output folder ({one_line(exc)})") from None
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -281,7 +286,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=path.parent)
     except OSError as exc:
-        raise InputError(f"{path}: cannot write in {path.parent} ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot write in {path.parent} ({one_line(exc)})") from None
     os.close(fd)
     try:
         write(tmp)
@@ -289,7 +294,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot write ({one_line(exc)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -302,7 +307,7 @@ def _umask() -> int:
     return mask
 
 
-def _one_line(exc: BaseException, path=None) -> str:
+def one_line(exc: BaseException, path=None) -> str:
     """The exception's text on one line, at most 200 characters, with `path` (already named) shortened."""
     text = str(exc)
     if path is not None:
