@@ -44,6 +44,8 @@ class Network:
         self.align_corners = bool(spec["upsample"].get("align_corners", False))
         self.downsampling = 2 ** (len(spec["encoder"]) - 1)
         self._local = threading.local()        # per-thread layer buffers, see _buffer
+        self.winograd = {layer.name: K.winograd_weights(self.tensors[f"{layer.name}.weight"])   # transformed once
+                         for layer in self.plan if layer.op == "conv3x3"}
 
     @property
     def num_classes(self) -> int:
@@ -92,7 +94,8 @@ class Network:
         N, C, H, W = x.shape
         co = layer.out_channels
         if op == "conv3x3":
-            return K.conv3x3(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)))
+            return K.conv3x3(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)),
+                             winograd_weights=self.winograd[n])
         if op == "depthwise":
             return K.depthwise_conv3x3(x, t[f"{n}.weight"], out=self._buffer(i, x.shape))
         if op == "pointwise":

@@ -524,3 +524,62 @@ def test_out_argument():
 def test_shape_errors_name_the_shapes(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): conv3x3's path from WINOGRAD_MIN_CI input channels up
+# ---------------------------------------------------------------------------------------------------------
+
+WINOGRAD_CASES = [dict(N=1, Ci=1, H=1, W=1, Co=1), dict(N=2, Ci=3, H=7, W=5, Co=8), dict(N=1, Ci=5, H=33, W=47, Co=7),
+                  dict(N=2, Ci=48, H=24, W=24, Co=16), dict(N=1, Ci=17, H=9, W=2, Co=64),
+                  dict(N=1, Ci=96, H=96, W=96, Co=32)]
+
+
+@pytest.mark.parametrize("dims", WINOGRAD_CASES, ids=[_shape_text(d) for d in WINOGRAD_CASES])
+def test_winograd_parity(dims):
+    """Fast Winograd and its NumPy twin against the float64 direct definition and (when installed) torch."""
+    x, w = _inputs("conv3x3", dims, np.random.default_rng(77))[0]
+    direct = K.conv3x3_reference(x, w)
+    fast, twin = K.conv3x3_winograd(x, w), K.conv3x3_winograd_reference(x, w)
+    d_fast, d_twin = _maxdiff(fast, direct), _maxdiff(twin, direct)
+    line = f"\n  winograd {_shape_text(dims):34s} fast-direct {d_fast:.2e}  twin-direct {d_twin:.2e}"
+    try:
+        import torch
+        want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+        line += f"  fast-torch {_maxdiff(fast, want):.2e}"
+        assert _maxdiff(fast, want) <= _bound(TOL, want)
+    except ImportError:
+        pass
+    print(line, end="")
+    assert fast.shape == direct.shape and fast.dtype == np.float32
+    assert d_fast <= _bound(TOL, direct) and d_twin <= _bound(1e-12, direct)
+
+
+def test_conv3x3_picks_winograd_from_min_channels():
+    from npunet.kernels import conv
+    rng = np.random.default_rng(78)
+    for ci in (conv.WINOGRAD_MIN_CI - 1, conv.WINOGRAD_MIN_CI):
+        x, w = _rand(rng, 1, ci, 12, 10), _rand(rng, 6, ci, 3, 3)
+        got = K.conv3x3(x, w)
+        winograd = K.conv3x3_winograd(x, w)
+        assert np.array_equal(got, winograd) == (ci >= conv.WINOGRAD_MIN_CI), ci
+        assert np.array_equal(K.conv3x3(x, w, winograd_weights=K.winograd_weights(w)), got)
+
+
+def test_winograd_band_size_does_not_change_results(monkeypatch):
+    from npunet.kernels import winograd
+    rng = np.random.default_rng(79)
+    x, w = _rand(rng, 2, 16, 33, 47), _rand(rng, 22, 16, 3, 3)
+    want = K.conv3x3_winograd(x, w)
+    for floats in (1, 16 * 38 * 24 * 3, 1 << 24):      # one tile row per task, three, the whole image
+        monkeypatch.setattr(winograd, "SCRATCH_FLOATS", floats)
+        assert np.array_equal(K.conv3x3_winograd(x, w), want), floats
+
+
+def test_winograd_rejects_mismatched_weights():
+    rng = np.random.default_rng(80)
+    x, w = _rand(rng, 1, 8, 6, 6), _rand(rng, 4, 8, 3, 3)
+    with pytest.raises(ValueError, match=r"\(16, 4, 8\).*\(16, 4, 7\)"):
+        K.conv3x3(x, w, winograd_weights=np.zeros((16, 4, 7), np.float32))
+    with pytest.raises(ValueError, match=r"\(Co, 8, 3, 3\)"):
+        K.conv3x3_winograd(x, w[:, :5])

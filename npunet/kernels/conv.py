@@ -10,6 +10,7 @@ How the fast paths work (one scheme, so later tuning touches numbers, not struct
   p + ky*(W+2) + kx for the nine taps, so the inner loop is one long contiguous loop (vectorisable) even at
   12x12; the two padding columns of each row are computed and dropped when the band is copied out. The
   dense conv updates four output channels per pass, so the nine loads are shared by 36 multiply-adds.
+  (From WINOGRAD_MIN_CI input channels up, conv3x3 hands over to winograd.py, which needs fewer of them.)
 - The 1x1 convs (and the 2x2 transposed conv, which is a 1x1 conv to 4*Co channels plus a pixel shuffle)
   accumulate a tile of pixels for a block of output channels: eight input channels per pass, four output
   channels sharing those eight loads.
@@ -21,7 +22,9 @@ How the fast paths work (one scheme, so later tuning touches numbers, not struct
 import numpy as np
 from numba import prange
 
-from npunet.kernels._numba import as_f32, finish, helper, kernel, output
+from npunet.kernels._numba import as_f32, finish, kernel, output
+from npunet.kernels._tiles import load_band, pointwise_tile, store_band
+from npunet.kernels.winograd import conv3x3_winograd
 
 # Work per task (tuned on a 2-core Zen 4). Results do not depend on these: each output element sums the
 # input channels in order, the nine taps in order, whatever the blocking.
@@ -29,6 +32,8 @@ CO_BLOCK = 16            # output channels per task (1x1 and transposed convs)
 TILE = 1024              # output pixels per channel per task (1x1 convs, depthwise band size)
 CONV3X3_CO_BLOCK = 16    # dense 3x3: output channels per task (a multiple of 4: the inner loop does 4 at once)
 CONV3X3_TILE = 2048      # dense 3x3: padded-width output pixels per channel per task
+WINOGRAD_MIN_CI = 8      # dense 3x3 with at least this many input channels runs by Winograd (winograd.py):
+                         # 1.2-1.4x faster from 16 channels up, but 1.5x slower for the 3-channel first layer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -93,36 +98,6 @@ def _bands(H, W, tile=None):
     return -(-H // n_bands)
 
 
-@helper
-def _load_band(x, n, c, y0, rows, xs):
-    """xs[r*(W+2) + 1 + j] = x[n, c, y0-1+r, j] for r in [0, rows+2); zero outside the image."""
-    H, W = x.shape[2], x.shape[3]
-    Wp = W + 2
-    for r in range(rows + 2):
-        iy = y0 - 1 + r
-        base = r * Wp
-        if iy < 0 or iy >= H:
-            for j in range(Wp):
-                xs[base + j] = 0.0
-        else:
-            src = x[n, c, iy]
-            xs[base] = 0.0
-            xs[base + Wp - 1] = 0.0
-            for j in range(W):
-                xs[base + 1 + j] = src[j]
-
-
-@helper
-def _store_band(acc, out, n, c, y0, rows):
-    """out[n, c, y0+r, :] = acc[r*(W+2) : r*(W+2)+W] (drops the two padding columns)."""
-    W = out.shape[3]
-    Wp = W + 2
-    for r in range(rows):
-        dst = out[n, c, y0 + r]
-        for j in range(W):
-            dst[j] = acc[r * Wp + j]
-
-
 @kernel
 def _depthwise_kernel(x, w, out, band_rows):
     N, C, H, W = x.shape
@@ -135,7 +110,7 @@ def _depthwise_kernel(x, w, out, band_rows):
         rows = min(band_rows, H - y0)
         xs = np.empty((band_rows + 2) * Wp, np.float32)
         acc = np.empty(band_rows * Wp, np.float32)
-        _load_band(x, n, c, y0, rows, xs)
+        load_band(x, n, c, y0, rows, xs)
         t00, t01, t02 = xs[0:], xs[1:], xs[2:]
         t10, t11, t12 = xs[Wp:], xs[Wp + 1:], xs[Wp + 2:]
         t20, t21, t22 = xs[2 * Wp:], xs[2 * Wp + 1:], xs[2 * Wp + 2:]
@@ -146,7 +121,7 @@ def _depthwise_kernel(x, w, out, band_rows):
             acc[p] = (w00 * t00[p] + w01 * t01[p] + w02 * t02[p]
                       + w10 * t10[p] + w11 * t11[p] + w12 * t12[p]
                       + w20 * t20[p] + w21 * t21[p] + w22 * t22[p])
-        _store_band(acc, out, n, c, y0, rows)
+        store_band(acc, out, n, c, y0, rows)
 
 
 @kernel
@@ -167,7 +142,7 @@ def _conv3x3_kernel(x, w9, out, band_rows, co_block):
         xs = np.empty((band_rows + 2) * Wp, np.float32)
         acc = np.zeros((co_block, band_rows * Wp), np.float32)
         for ci in range(Ci):
-            _load_band(x, n, ci, y0, rows, xs)
+            load_band(x, n, ci, y0, rows, xs)
             t0, t1, t2 = xs[0:], xs[1:], xs[2:]                      # tap (ky, kx) reads xs[p + ky*Wp + kx]
             t3, t4, t5 = xs[Wp:], xs[Wp + 1:], xs[Wp + 2:]
             t6, t7, t8 = xs[2 * Wp:], xs[2 * Wp + 1:], xs[2 * Wp + 2:]
@@ -198,53 +173,7 @@ def _conv3x3_kernel(x, w9, out, band_rows, co_block):
                               + a6 * t6[p] + a7 * t7[p] + a8 * t8[p])
                 c += 1
         for c in range(nco):
-            _store_band(acc[c], out, n, co0 + c, y0, rows)
-
-
-@helper
-def _pointwise_tile(x, n, p0, L, w, r0, nr, acc):
-    """acc[r, :L] += sum_ci w[r0+r, ci] * x[n, ci, p0:p0+L] for r < nr. x: (N, Ci, P), w: (R, Ci).
-    Input channels go eight at a time, in order; four output rows per pass share the eight loads."""
-    Ci = x.shape[1]
-    ci = 0
-    while ci + 8 <= Ci:
-        x0, x1, x2, x3 = x[n, ci, p0:], x[n, ci + 1, p0:], x[n, ci + 2, p0:], x[n, ci + 3, p0:]
-        x4, x5, x6, x7 = x[n, ci + 4, p0:], x[n, ci + 5, p0:], x[n, ci + 6, p0:], x[n, ci + 7, p0:]
-        r = 0
-        while r + 4 <= nr:
-            k = w[r0 + r, ci:]
-            a0, a1, a2, a3, a4, a5, a6, a7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            k = w[r0 + r + 1, ci:]
-            b0, b1, b2, b3, b4, b5, b6, b7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            k = w[r0 + r + 2, ci:]
-            c0, c1, c2, c3, c4, c5, c6, c7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            k = w[r0 + r + 3, ci:]
-            d0, d1, d2, d3, d4, d5, d6, d7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            oa, ob, oc, od = acc[r], acc[r + 1], acc[r + 2], acc[r + 3]
-            for p in range(L):
-                v0, v1, v2, v3, v4, v5, v6, v7 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p]
-                oa[p] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4 + a5 * v5 + a6 * v6 + a7 * v7
-                ob[p] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4 + b5 * v5 + b6 * v6 + b7 * v7
-                oc[p] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3 + c4 * v4 + c5 * v5 + c6 * v6 + c7 * v7
-                od[p] += d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4 + d5 * v5 + d6 * v6 + d7 * v7
-            r += 4
-        while r < nr:                                          # the last nr % 4 rows, one at a time
-            k = w[r0 + r, ci:]
-            a0, a1, a2, a3, a4, a5, a6, a7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            oa = acc[r]
-            for p in range(L):
-                oa[p] += (a0 * x0[p] + a1 * x1[p] + a2 * x2[p] + a3 * x3[p]
-                          + a4 * x4[p] + a5 * x5[p] + a6 * x6[p] + a7 * x7[p])
-            r += 1
-        ci += 8
-    while ci < Ci:                                             # the last Ci % 8 input channels
-        x0 = x[n, ci, p0:]
-        for r in range(nr):
-            a0 = w[r0 + r, ci]
-            oa = acc[r]
-            for p in range(L):
-                oa[p] += a0 * x0[p]
-        ci += 1
+            store_band(acc[c], out, n, co0 + c, y0, rows)
 
 
 @kernel
@@ -260,7 +189,7 @@ def _pointwise_kernel(x, w, bias, has_bias, out, tile, co_block):
         L = min(tile, P - p0)
         nco = min(co_block, Co - co0)
         acc = np.zeros((co_block, tile), np.float32)
-        _pointwise_tile(x, n, p0, L, w, co0, nco, acc)
+        pointwise_tile(x, n, p0, L, w, co0, nco, acc)
         for c in range(nco):
             b = bias[co0 + c] if has_bias else np.float32(0.0)
             dst = out[n, co0 + c]
@@ -284,7 +213,7 @@ def _conv_transpose2x2_kernel(x, w4, bias, out, band_rows, co_block):
         rows = min(band_rows, H - y0)
         nco = min(co_block, Co - co0)
         acc = np.zeros((4 * co_block, band_rows * W), np.float32)
-        _pointwise_tile(x, n, y0 * W, rows * W, w4, 4 * co0, 4 * nco, acc)
+        pointwise_tile(x, n, y0 * W, rows * W, w4, 4 * co0, 4 * nco, acc)
         for c in range(nco):
             b = bias[co0 + c]
             for t in range(4):
@@ -332,9 +261,13 @@ def pointwise_conv(x, w, bias=None, out=None):
     return out
 
 
-def conv3x3(x, w, out=None):
-    """x: (N, Ci, H, W), w: (Co, Ci, 3, 3) -> (N, Co, H, W). Mirrors F.conv2d(x, w, padding=1), no bias."""
+def conv3x3(x, w, out=None, winograd_weights=None):
+    """x: (N, Ci, H, W), w: (Co, Ci, 3, 3) -> (N, Co, H, W). Mirrors F.conv2d(x, w, padding=1), no bias.
+    From WINOGRAD_MIN_CI input channels up it runs Winograd F(2x2, 3x3) (winograd.py; winograd_weights is
+    its transformed w, when the caller keeps one), below that the direct kernel above."""
     x, (N, Ci, H, W) = _check_x(x)
+    if Ci >= WINOGRAD_MIN_CI:
+        return conv3x3_winograd(x, w, out=out, u=winograd_weights)
     w = as_f32(w, "w")
     if w.ndim != 4 or w.shape[1:] != (Ci, 3, 3):
         raise ValueError(f"conv3x3: w must be (Co, {Ci}, 3, 3) for x {x.shape}, got {w.shape}")

@@ -57,6 +57,37 @@ def _normalize(src, dst, mean_hi, mean_lo, a, b, relu):
             dst[i] = ((src[i] - mean_hi) - mean_lo) * a + b
 
 
+LANES = 512      # float64 partial sums per group: lane l sums elements l, l+LANES, ... (see _lane_sums)
+
+
+@helper
+def _lane_sums(row, center, squares, lanes):
+    """sum(row - center) (squares=False) or sum((row - center)**2) (squares=True), in float64.
+    Element i goes to partial sum i % LANES, and the partial sums are added in order at the end: a fixed
+    order (so results do not depend on threads), and one long contiguous loop that LLVM vectorises, which a
+    single running sum (a serial dependency) or a few scalar accumulators are not."""
+    M = row.shape[0]
+    n_full = M // LANES
+    for l in range(LANES):
+        lanes[l] = 0.0
+    for k in range(n_full):
+        block = row[k * LANES:]
+        if squares:
+            for l in range(LANES):
+                d = block[l] - center
+                lanes[l] += d * d
+        else:
+            for l in range(LANES):
+                lanes[l] += block[l] - center
+    for i in range(n_full * LANES, M):
+        d = row[i] - center
+        lanes[i - n_full * LANES] += d * d if squares else d
+    total = 0.0
+    for l in range(LANES):
+        total += lanes[l]
+    return total
+
+
 @kernel
 def _group_norm_kernel(x, weight, bias, eps, relu, out):
     # x, out: (N, G, M) with M = (C/G)*H*W, one group a contiguous row; weight, bias: (C,)
@@ -67,32 +98,10 @@ def _group_norm_kernel(x, weight, bias, eps, relu, out):
         n = task // G
         g = task % G
         row = x[n, g]
-        M4 = M - M % 4
-        # pass 1: mean, four float64 partial sums (a fixed order, and shorter dependency chains)
-        s0 = s1 = s2 = s3 = 0.0
-        for i in range(0, M4, 4):
-            s0 += row[i]
-            s1 += row[i + 1]
-            s2 += row[i + 2]
-            s3 += row[i + 3]
-        for i in range(M4, M):
-            s0 += row[i]
-        mean = ((s0 + s1) + (s2 + s3)) / M
-        # pass 2: biased variance as the mean of squared deviations
-        q0 = q1 = q2 = q3 = 0.0
-        for i in range(0, M4, 4):
-            d0 = row[i] - mean
-            d1 = row[i + 1] - mean
-            d2 = row[i + 2] - mean
-            d3 = row[i + 3] - mean
-            q0 += d0 * d0
-            q1 += d1 * d1
-            q2 += d2 * d2
-            q3 += d3 * d3
-        for i in range(M4, M):
-            d0 = row[i] - mean
-            q0 += d0 * d0
-        rstd = 1.0 / math.sqrt(((q0 + q1) + (q2 + q3)) / M + eps)
+        lanes = np.empty(LANES, np.float64)
+        mean = _lane_sums(row, 0.0, False, lanes) / M                   # pass 1: mean
+        var = _lane_sums(row, mean, True, lanes) / M                    # pass 2: biased variance
+        rstd = 1.0 / math.sqrt(var + eps)
         # pass 3: y = ((x - mean_hi) - mean_lo) * a + beta, per channel of the group
         mean_hi = np.float32(mean)
         mean_lo = np.float32(mean - np.float64(mean_hi))

@@ -1,0 +1,174 @@
+"""Dense 3x3 convolution by Winograd's minimal filtering F(2x2, 3x3): the same result as conv3x3 (to float32
+rounding) with 16 multiplies per 2x2 output block and input channel instead of 36.
+
+The idea, for one input channel: cut the zero-padded input into 4x4 tiles d that overlap by two (tile t
+covers padded rows 2ty..2ty+3 and columns 2tx..2tx+3); each tile yields a 2x2 block of output as
+
+    y = A^T [ (G g G^T) * (B^T d B) ] A          (* is elementwise, 4x4)
+
+with the 3x3 kernel g and the constant matrices below (entries 0, +-1, +-1/2: transforms are adds only).
+Summed over input channels, the 4x4 elementwise products become, for each of the 16 positions e, one
+matrix product over channels:  M[e] (Co, T) = U[e] (Co, Ci) @ V[e] (Ci, T), with U = G g G^T (the
+weights, transformed once) and V = B^T d B (the input tiles). The product is the 1x1-conv tile of
+_tiles.pointwise_tile, so 16/36 of the dense conv's multiply-adds run in the engine's GEMM-like loop, and
+the transforms are cheap contiguous adds. `conv3x3_winograd_reference` says all of this in NumPy.
+
+Accuracy: the transforms add a few roundings; against the float64 direct sum the error stays ~1e-7 of the
+output scale (tests/test_kernels.py prints it), well inside the 1e-5 parity tolerance.
+
+Fast path: prange over (sample, band of tile rows); each task transforms its band of every input channel
+into V (16, Ci, T), runs the 16 products into M (16, Co, T), and writes the 2x2 blocks out. A task reads
+and writes only its own band, sums channels in order: results do not depend on the thread count.
+"""
+
+import numpy as np
+from numba import prange
+
+from npunet.kernels._numba import as_f32, finish, helper, kernel, output
+from npunet.kernels._tiles import load_rows, pointwise_tile
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)   # input transform
+G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)            # kernel transform
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)                                # output transform
+
+SCRATCH_FLOATS = 1 << 19   # per task: V and M together hold about this many floats (2 MiB); sets the band
+
+
+def winograd_weights(w):
+    """w: (Co, Ci, 3, 3) -> U: (16, Co, Ci) float32, U[4i+j] = (G w G^T)[i, j], computed in float64."""
+    w = np.asarray(w, np.float64)
+    if w.ndim != 4 or w.shape[2:] != (3, 3):
+        raise ValueError(f"winograd_weights: w must be (Co, Ci, 3, 3), got {w.shape}")
+    u = np.einsum("ij,ocjk,lk->iloc", G, w, G)                        # (4, 4, Co, Ci)
+    return np.ascontiguousarray(u.reshape(16, *w.shape[:2]), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reference (float64, NumPy): the algorithm, step by step
+# ---------------------------------------------------------------------------------------------------------
+
+def conv3x3_winograd_reference(x, w, out=None):
+    """x: (N, Ci, H, W), w: (Co, Ci, 3, 3) -> (N, Co, H, W), as F.conv2d(x, w, padding=1), by F(2x2, 3x3)."""
+    N, Ci, H, W = x.shape
+    TH, TW = -(-H // 2), -(-W // 2)                                       # 2x2 output blocks (tiles)
+    xp = np.zeros((N, Ci, 2 * TH + 2, 2 * TW + 2))                       # 1 zero row/col before, >= 1 after
+    xp[:, :, 1:H + 1, 1:W + 1] = x
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
+    V = np.einsum("ij,nctsjk,lk->nctsil", BT, windows, BT)               # B^T d B   (N, Ci, TH, TW, 4, 4)
+    U = np.einsum("ij,ocjk,lk->ocil", G, np.asarray(w, np.float64), G)   # G g G^T   (Co, Ci, 4, 4)
+    M = np.einsum("ocil,nctsil->notsil", U, V)                           # sum over Ci, per position
+    Y = np.einsum("ij,notsjk,lk->notsil", AT, M, AT)                     # A^T M A   (N, Co, TH, TW, 2, 2)
+    y = Y.transpose(0, 1, 2, 4, 3, 5).reshape(N, -1, 2 * TH, 2 * TW)[:, :, :H, :W]
+    return finish(y, out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Numba fast path
+# ---------------------------------------------------------------------------------------------------------
+
+@helper
+def _sub(a, b, dst, n):
+    for i in range(n):
+        dst[i] = a[i] - b[i]
+
+
+@helper
+def _add(a, b, dst, n):
+    for i in range(n):
+        dst[i] = a[i] + b[i]
+
+
+@helper
+def _input_tiles(xs, Wp, n_rows, TW, v, ci, even, odd, h):
+    """v[4i+j, ci, ty*TW + tx] = (B^T d B)[i, j] for the tiles d = xs[2ty:2ty+4, 2tx:2tx+4] of a band.
+    xs: n_rows = 2*tile_rows + 2 padded rows of width Wp = 2*TW + 2. even, odd: (TW+1,); h: (n_rows, 4, TW)."""
+    for r in range(n_rows):                  # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+        row = xs[r * Wp:]
+        for k in range(TW + 1):              # even and odd columns apart, so the loops below are contiguous
+            even[k] = row[2 * k]
+            odd[k] = row[2 * k + 1]
+        _sub(even, even[1:], h[r, 0], TW)
+        _add(odd, even[1:], h[r, 1], TW)
+        _sub(even[1:], odd, h[r, 2], TW)
+        _sub(odd, odd[1:], h[r, 3], TW)
+    for ty in range(n_rows // 2 - 1):        # B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3)
+        a, t0 = 2 * ty, ty * TW
+        for j in range(4):
+            _sub(h[a, j], h[a + 2, j], v[j, ci, t0:], TW)
+            _add(h[a + 1, j], h[a + 2, j], v[4 + j, ci, t0:], TW)
+            _sub(h[a + 2, j], h[a + 1, j], v[8 + j, ci, t0:], TW)
+            _sub(h[a + 1, j], h[a + 3, j], v[12 + j, ci, t0:], TW)
+
+
+@helper
+def _output_tiles(m, co, tile_rows, TW, out, n, y0, pq):
+    """out[n, co, y0 + 2ty + a, 2tx + b] = (A^T M A)[a, b], M = m[:, co, ty*TW + tx] as 4x4; rows and
+    columns past the image edge are dropped. m: (16, Co, T); pq: (8, TW) scratch."""
+    H, W = out.shape[2], out.shape[3]
+    for ty in range(tile_rows):
+        t0 = ty * TW
+        for j in range(4):                   # A^T M: rows (m0 + m1 + m2, m1 - m2 - m3) per column j
+            p, q = pq[j], pq[4 + j]
+            m0, m1, m2, m3 = m[j, co, t0:], m[4 + j, co, t0:], m[8 + j, co, t0:], m[12 + j, co, t0:]
+            for tx in range(TW):
+                p[tx] = m0[tx] + m1[tx] + m2[tx]
+                q[tx] = m1[tx] - m2[tx] - m3[tx]
+        for a in range(2):                   # (A^T M) A: columns, interleaved into output row y0 + 2ty + a
+            oy = y0 + 2 * ty + a
+            if oy >= H:
+                break
+            s0, s1, s2, s3 = pq[4 * a], pq[4 * a + 1], pq[4 * a + 2], pq[4 * a + 3]
+            row = out[n, co, oy]
+            for tx in range(W // 2):
+                row[2 * tx] = s0[tx] + s1[tx] + s2[tx]
+                row[2 * tx + 1] = s1[tx] - s2[tx] - s3[tx]
+            if W % 2:
+                row[W - 1] = s0[TW - 1] + s1[TW - 1] + s2[TW - 1]
+
+
+@kernel
+def _winograd_kernel(x, u, out, band_tiles):
+    # x: (N, Ci, H, W); u: (16, Co, Ci); out: (N, Co, H, W); band_tiles: tile rows per task
+    N, Ci, H, W = x.shape
+    Co = u.shape[1]
+    TH, TW = (H + 1) // 2, (W + 1) // 2
+    Wp = 2 * TW + 2
+    n_bands = (TH + band_tiles - 1) // band_tiles
+    for task in prange(N * n_bands):
+        n = task // n_bands
+        ty0 = (task % n_bands) * band_tiles
+        tile_rows = min(band_tiles, TH - ty0)
+        n_rows = 2 * tile_rows + 2
+        xs = np.empty((2 * band_tiles + 2) * Wp, np.float32)
+        even, odd = np.empty(TW + 1, np.float32), np.empty(TW + 1, np.float32)
+        h = np.empty((2 * band_tiles + 2, 4, TW), np.float32)
+        pq = np.empty((8, TW), np.float32)
+        v = np.empty((16, Ci, band_tiles * TW), np.float32)
+        m = np.zeros((16, Co, band_tiles * TW), np.float32)
+        for ci in range(Ci):
+            load_rows(x, n, ci, 2 * ty0 - 1, n_rows, Wp, xs)
+            _input_tiles(xs, Wp, n_rows, TW, v, ci, even, odd, h)
+        for e in range(16):
+            pointwise_tile(v, e, 0, tile_rows * TW, u[e], 0, Co, m[e])
+        for co in range(Co):
+            _output_tiles(m, co, tile_rows, TW, out, n, 2 * ty0, pq)
+
+
+def conv3x3_winograd(x, w, out=None, u=None):
+    """x: (N, Ci, H, W), w: (Co, Ci, 3, 3) -> (N, Co, H, W). Mirrors F.conv2d(x, w, padding=1), no bias.
+    u: winograd_weights(w), when the caller keeps it (the network transforms each layer's weights once)."""
+    x = as_f32(x, "x", 4)
+    N, Ci, H, W = x.shape
+    w = as_f32(w, "w")
+    if w.ndim != 4 or w.shape[1:] != (Ci, 3, 3):
+        raise ValueError(f"conv3x3: w must be (Co, {Ci}, 3, 3) for x {x.shape}, got {w.shape}")
+    Co = w.shape[0]
+    u = winograd_weights(w) if u is None else as_f32(u, "u")
+    if u.shape != (16, Co, Ci):
+        raise ValueError(f"conv3x3: Winograd weights must be (16, {Co}, {Ci}) for w {w.shape}, got {u.shape}")
+    out = output(out, (N, Co, H, W), inputs=(x,))
+    if out.size:
+        TH, TW = (H + 1) // 2, (W + 1) // 2
+        band_tiles = max(1, min(TH, SCRATCH_FLOATS // (16 * (Ci + Co) * TW)))
+        _winograd_kernel(x, u, out, band_tiles)
+    return out
