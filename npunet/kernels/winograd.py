@@ -21,6 +21,7 @@ into V (16, Ci, T), runs the 16 products into M (16, Co, T), and writes the 2x2 
 and writes only its own band, sums channels in order: results do not depend on the thread count.
 """
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -31,7 +32,8 @@ BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.fl
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)            # kernel transform
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)                                # output transform
 
-SCRATCH_FLOATS = 1 << 19   # per task: V and M together hold about this many floats (2 MiB); sets the band
+SCRATCH_FLOATS = 1 << 20   # per task: V and M together hold about this many floats (4 MiB); sets the band
+CI_GROUP = 8               # input channels transformed per step (pointwise_tile's step: eight at a time)
 
 
 def winograd_weights(w):
@@ -143,13 +145,16 @@ def _winograd_kernel(x, u, out, band_tiles):
         even, odd = np.empty(TW + 1, np.float32), np.empty(TW + 1, np.float32)
         h = np.empty((2 * band_tiles + 2, 4, TW), np.float32)
         pq = np.empty((8, TW), np.float32)
-        v = np.empty((16, Ci, band_tiles * TW), np.float32)
+        v_all = np.empty(16 * CI_GROUP * band_tiles * TW, np.float32)
         m = np.zeros((16, Co, band_tiles * TW), np.float32)
-        for ci in range(Ci):
-            load_rows(x, n, ci, 2 * ty0 - 1, n_rows, Wp, xs)
-            _input_tiles(xs, Wp, n_rows, TW, v, ci, even, odd, h)
-        for e in range(16):
-            pointwise_tile(v, e, 0, tile_rows * TW, u[e], 0, Co, m[e])
+        for c0 in range(0, Ci, CI_GROUP):        # a few input channels at a time, so V stays in cache
+            group = min(CI_GROUP, Ci - c0)
+            v = v_all[:16 * group * band_tiles * TW].reshape((16, group, band_tiles * TW))   # C-contiguous
+            for k in range(group):
+                load_rows(x, n, c0 + k, 2 * ty0 - 1, n_rows, Wp, xs)
+                _input_tiles(xs, Wp, n_rows, TW, v, k, even, odd, h)
+            for e in range(16):
+                pointwise_tile(v, e, 0, tile_rows * TW, u[e, :, c0:], 0, Co, m[e])
         for co in range(Co):
             _output_tiles(m, co, tile_rows, TW, out, n, 2 * ty0, pq)
 
@@ -169,6 +174,8 @@ def conv3x3_winograd(x, w, out=None, u=None):
     out = output(out, (N, Co, H, W), inputs=(x,))
     if out.size:
         TH, TW = (H + 1) // 2, (W + 1) // 2
-        band_tiles = max(1, min(TH, SCRATCH_FLOATS // (16 * (Ci + Co) * TW)))
+        band_tiles = max(1, min(TH, SCRATCH_FLOATS // (16 * (CI_GROUP + Co) * TW)))
+        bands_per_sample = -(-2 * numba.get_num_threads() // N)          # enough tasks for every thread
+        band_tiles = min(band_tiles, -(-TH // bands_per_sample))
         _winograd_kernel(x, u, out, band_tiles)
     return out
