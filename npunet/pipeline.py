@@ -10,6 +10,7 @@ Then the per-label 3x3x3 closing (npunet.postprocess). Every parameter comes fro
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -55,3 +56,27 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
         out = close_labels(out, radius=int(params["closing_radius"]))
         clock["postprocess"] += time.perf_counter() - t0
     return out
+
+
+def warm_up(model) -> None:
+    """Load (or, on the very first run, compile) every kernel that segment_array uses, by running the
+    network, the resize and the upsample+argmax once on tiny inputs. Numba loads a kernel from its cache on
+    the first call, and the first such load also sets Numba itself up: most of a warm start (see
+    tools/bench.py --startup). Done here, it can overlap reading the CT. Also imports the closing's
+    scipy.ndimage, another slow import."""
+    import npunet.postprocess  # noqa: F401
+    from npunet.kernels import resize_bilinear
+    from npunet.network import Network
+    if not isinstance(model, Network):
+        return
+    side = 2 * model.downsampling
+    x = resize_bilinear(np.zeros((1, model.spec["in_channels"], side + 1, side + 1), np.float32), side, side)
+    upsample_argmax(model(x), side, side)
+
+
+def start_warm_up(model) -> threading.Thread:
+    """warm_up(model) in a background thread; join it before calling any kernel from this thread (the
+    threading layer may not accept parallel kernels launched from two threads at once)."""
+    thread = threading.Thread(target=warm_up, args=(model,), name="npunet-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -177,6 +177,9 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         log.say(f"loading weights {weights or '(default)'}")
         model = load_model(weights)
     label_names = _label_names(model)
+    from npunet.pipeline import start_warm_up
+    warm_up = start_warm_up(model)          # kernels load while the first CT is read
+
 
     results = []
     for i, job in enumerate(jobs, start=1):
@@ -185,7 +188,8 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         t0 = time.perf_counter()
         try:
             _segment_job(job, model, label_names, log, prefix, batch_size=batch_size, postprocess=postprocess,
-                         overwrite=overwrite, statistics=statistics, preview=preview, written=result.written)
+                         overwrite=overwrite, statistics=statistics, preview=preview, written=result.written,
+                         before_segmenting=warm_up.join)
             result.ok = True
         except BaseException as exc:
             for p in result.written:  # a failed (or interrupted) case leaves nothing behind
@@ -201,7 +205,7 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
 
 
 def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postprocess, overwrite, statistics,
-                 preview, written: list) -> None:
+                 preview, written: list, before_segmenting=lambda: None) -> None:
     t0 = time.perf_counter()
     log.say(f"{prefix}: reading {job.input}")
     img = read_job(job)
@@ -213,6 +217,7 @@ def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postp
     if message:
         print(f"npunet segment: {job.case}: warning: {message}", file=sys.stderr)
 
+    before_segmenting()
     t1 = time.perf_counter()
     timings: dict = {}
     labels = segment_array(volume, img.affine, model, batch_size=batch_size, postprocess=postprocess,

@@ -437,3 +437,17 @@ def test_plan_bad_inputs(data_dir, tmp_path):
         plan_jobs(other, tmp_path / "o.nii.gz")
     assert_one_line_error(e, "not a NIfTI")
     assert os.listdir(tmp_path / "empty") == []
+
+
+def test_read_ct_multi_member_gzip(tmp_path):
+    """bgzip-style files (several gzip members one after another) read like single-member ones."""
+    vol = np.random.default_rng(5).integers(-1000, 1000, (20, 18, 7)).astype(np.int16)
+    raw = nib.Nifti1Image(vol, np.diag([0.8, 0.8, 2.5, 1.0])).to_bytes()
+    path = tmp_path / "multi.nii.gz"
+    path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]) + b"\0" * 16)
+    img = read_ct(path)
+    assert np.array_equal(img.get_fdata(dtype=np.float32), vol.astype(np.float32))
+    assert Path(img.get_filename()) == path
+    path.write_bytes(gzip.compress(raw)[:-100])                       # truncated
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_ct(path)

@@ -69,6 +69,22 @@ def test_stack_25d_clamps_at_the_ends():
     assert [list(s[b, :, 0, 0]) for b in range(3)] == [[0, 0, 1], [1, 2, 3], [2, 3, 3]]
 
 
+@pytest.mark.parametrize("shape,zs", [((40, 30, 12), [0, 1, 2, 3, 4, 5, 6, 7]), ((40, 30, 12), [11, 0, 5]),
+                                      ((64, 64, 5), [4])])
+def test_prepare_slices_equals_the_steps_one_by_one(shape, zs):
+    """prepare_slices normalises, pads and resizes each shared slice once; the result must be bit-identical
+    to the steps applied stack by stack, as the module docstring lists them."""
+    from npunet.kernels import resize_bilinear
+    from npunet.preprocess import DEFAULT_PREPROCESSING as P, normalize_hu, prepare_slices
+    vol = np.random.default_rng(3).uniform(-1500, 2500, shape).astype(np.float32)
+    got, win = prepare_slices(vol, zs, P)
+    stack = normalize_hu(stack_25d(vol, zs, P["context_slices"]), P["hu_min"], P["hu_max"])
+    square, want_win = pad_to_square(stack, P["pad_value"])
+    want = resize_bilinear(square, P["input_size"], P["input_size"])
+    assert win == want_win and got.shape == (len(zs), 3, P["input_size"], P["input_size"])
+    assert np.array_equal(got, want)
+
+
 def test_pad_to_square_centres_the_slice():
     x = np.ones((1, 1, 4, 8), np.float32)
     sq, win = pad_to_square(x)

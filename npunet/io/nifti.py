@@ -56,15 +56,42 @@ def labels_json_path(output: str | os.PathLike) -> Path:
 # ------------------------------------------------------------------------------------------- reading --
 
 def open_image(path: Path):
-    """nib.load(path), with a one-line InputError for a missing file, a folder, or unreadable bytes."""
+    """nib.load(path), with a one-line InputError for a missing file, a folder, or unreadable bytes.
+    A gzipped NIfTI is decompressed in memory in one zlib call (_gunzip) instead of through gzip.GzipFile:
+    about twice as fast, and zlib lets other threads run meanwhile (the kernels load during the read)."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not a NIfTI file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic == b"\x1f\x8b" and is_nifti_name(path):
+            try:
+                raw = _gunzip(path.read_bytes())
+            except (EOFError, zlib.error) as exc:
+                raise InputError(f"{path}: truncated or corrupt image data ({one_line(exc, path)})") from None
+            nifti2 = len(raw) >= 4 and raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")   # sizeof_hdr 540
+            img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
+            img.set_filename(str(path))       # the voxels stay in memory; the name is kept for messages and
+            return img                        # for refusing to write over the input
         return nib.load(str(path))
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises ImageFileError, OSError, ValueError, ... for foreign bytes
         raise InputError(f"{path}: not a readable NIfTI image ({one_line(exc, path)})") from None
+
+
+def _gunzip(data: bytes) -> bytes:
+    """The decompressed bytes of a gzip file, every member of it (bgzip writes many), trailing zeros ignored."""
+    parts = []
+    while data.strip(b"\0"):
+        stream = zlib.decompressobj(wbits=31)
+        parts.append(stream.decompress(data))
+        if not stream.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        data = stream.unused_data
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_ct(path: str | os.PathLike) -> nib.Nifti1Image:
