@@ -69,57 +69,51 @@ def conv3x3_winograd_reference(x, w, out=None):
 # ---------------------------------------------------------------------------------------------------------
 
 @helper
-def _sub(a, b, dst, n):
-    for i in range(n):
-        dst[i] = a[i] - b[i]
-
-
-@helper
-def _add(a, b, dst, n):
-    for i in range(n):
-        dst[i] = a[i] + b[i]
-
-
-@helper
-def _input_tiles(xs, Wp, n_rows, TW, v, ci, even, odd, h):
-    """v[4i+j, ci, ty*TW + tx] = (B^T d B)[i, j] for the tiles d = xs[2ty:2ty+4, 2tx:2tx+4] of a band.
-    xs: n_rows = 2*tile_rows + 2 padded rows of width Wp = 2*TW + 2. even, odd: (TW+1,); h: (n_rows, 4, TW)."""
-    for r in range(n_rows):                  # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        row = xs[r * Wp:]
-        for k in range(TW + 1):              # even and odd columns apart, so the loops below are contiguous
-            even[k] = row[2 * k]
-            odd[k] = row[2 * k + 1]
-        _sub(even, even[1:], h[r, 0], TW)
-        _add(odd, even[1:], h[r, 1], TW)
-        _sub(even[1:], odd, h[r, 2], TW)
-        _sub(odd, odd[1:], h[r, 3], TW)
-    for ty in range(n_rows // 2 - 1):        # B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3)
-        a, t0 = 2 * ty, ty * TW
-        for j in range(4):
-            _sub(h[a, j], h[a + 2, j], v[j, ci, t0:], TW)
-            _add(h[a + 1, j], h[a + 2, j], v[4 + j, ci, t0:], TW)
-            _sub(h[a + 2, j], h[a + 1, j], v[8 + j, ci, t0:], TW)
-            _sub(h[a + 1, j], h[a + 3, j], v[12 + j, ci, t0:], TW)
+def _input_tiles(x, n, c, iy0, tile_rows, TW, v, k, xs, h):
+    """v[4i+j, k, ty*TW + tx] = (B^T d B)[i, j] for every tile of a band of input channel c: the tiles d are
+    4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of x[n, c].
+    xs: (2*TW + 2,) one padded row; h: (2, 4, (tile_rows+1)*TW), d B of the even and of the odd rows."""
+    Wp = 2 * TW + 2
+    for r in range(2 * tile_rows + 2):       # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+        load_rows(x, n, c, iy0 + r, 1, Wp, xs)
+        h0, h1, h2, h3 = h[r % 2, 0, (r // 2) * TW:], h[r % 2, 1, (r // 2) * TW:], \
+            h[r % 2, 2, (r // 2) * TW:], h[r % 2, 3, (r // 2) * TW:]
+        for tx in range(TW):
+            d0, d1, d2, d3 = xs[2 * tx], xs[2 * tx + 1], xs[2 * tx + 2], xs[2 * tx + 3]
+            h0[tx] = d0 - d2
+            h1[tx] = d1 + d2
+            h2[tx] = d2 - d1
+            h3[tx] = d1 - d3
+    T = tile_rows * TW                       # B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3), where
+    for j in range(4):                       # tile t's rows are even[t], odd[t], even[t + TW], odd[t + TW]
+        r0, r1, r2, r3 = h[0, j], h[1, j], h[0, j, TW:], h[1, j, TW:]
+        v0, v1, v2, v3 = v[j, k], v[4 + j, k], v[8 + j, k], v[12 + j, k]
+        for t in range(T):
+            v0[t] = r0[t] - r2[t]
+            v1[t] = r1[t] + r2[t]
+            v2[t] = r2[t] - r1[t]
+            v3[t] = r1[t] - r3[t]
 
 
 @helper
 def _output_tiles(m, co, tile_rows, TW, out, n, y0, pq):
     """out[n, co, y0 + 2ty + a, 2tx + b] = (A^T M A)[a, b], M = m[:, co, ty*TW + tx] as 4x4; rows and
-    columns past the image edge are dropped. m: (16, Co, T); pq: (8, TW) scratch."""
+    columns past the image edge are dropped. m: (16, Co, T); pq: (8, T) scratch."""
     H, W = out.shape[2], out.shape[3]
-    for ty in range(tile_rows):
-        t0 = ty * TW
-        for j in range(4):                   # A^T M: rows (m0 + m1 + m2, m1 - m2 - m3) per column j
-            p, q = pq[j], pq[4 + j]
-            m0, m1, m2, m3 = m[j, co, t0:], m[4 + j, co, t0:], m[8 + j, co, t0:], m[12 + j, co, t0:]
-            for tx in range(TW):
-                p[tx] = m0[tx] + m1[tx] + m2[tx]
-                q[tx] = m1[tx] - m2[tx] - m3[tx]
-        for a in range(2):                   # (A^T M) A: columns, interleaved into output row y0 + 2ty + a
+    T = tile_rows * TW
+    for j in range(4):                       # A^T M: rows (m0 + m1 + m2, m1 - m2 - m3), column j
+        p, q = pq[j], pq[4 + j]
+        m0, m1, m2, m3 = m[j, co], m[4 + j, co], m[8 + j, co], m[12 + j, co]
+        for t in range(T):
+            p[t] = m0[t] + m1[t] + m2[t]
+            q[t] = m1[t] - m2[t] - m3[t]
+    for ty in range(tile_rows):              # (A^T M) A: columns, interleaved into output rows y0 + 2ty + a
+        for a in range(2):
             oy = y0 + 2 * ty + a
             if oy >= H:
                 break
-            s0, s1, s2, s3 = pq[4 * a], pq[4 * a + 1], pq[4 * a + 2], pq[4 * a + 3]
+            s0, s1, s2, s3 = pq[4 * a, ty * TW:], pq[4 * a + 1, ty * TW:], pq[4 * a + 2, ty * TW:], \
+                pq[4 * a + 3, ty * TW:]
             row = out[n, co, oy]
             for tx in range(W // 2):
                 row[2 * tx] = s0[tx] + s1[tx] + s2[tx]
@@ -134,25 +128,22 @@ def _winograd_kernel(x, u, out, band_tiles):
     N, Ci, H, W = x.shape
     Co = u.shape[1]
     TH, TW = (H + 1) // 2, (W + 1) // 2
-    Wp = 2 * TW + 2
     n_bands = (TH + band_tiles - 1) // band_tiles
     for task in prange(N * n_bands):
         n = task // n_bands
         ty0 = (task % n_bands) * band_tiles
         tile_rows = min(band_tiles, TH - ty0)
-        n_rows = 2 * tile_rows + 2
-        xs = np.empty((2 * band_tiles + 2) * Wp, np.float32)
-        even, odd = np.empty(TW + 1, np.float32), np.empty(TW + 1, np.float32)
-        h = np.empty((2 * band_tiles + 2, 4, TW), np.float32)
-        pq = np.empty((8, TW), np.float32)
-        v_all = np.empty(16 * CI_GROUP * band_tiles * TW, np.float32)
-        m = np.zeros((16, Co, band_tiles * TW), np.float32)
+        T = band_tiles * TW
+        xs = np.empty(2 * TW + 2, np.float32)
+        h = np.empty((2, 4, T + TW), np.float32)
+        pq = np.empty((8, T), np.float32)
+        v_all = np.empty(16 * CI_GROUP * T, np.float32)
+        m = np.zeros((16, Co, T), np.float32)
         for c0 in range(0, Ci, CI_GROUP):        # a few input channels at a time, so V stays in cache
             group = min(CI_GROUP, Ci - c0)
-            v = v_all[:16 * group * band_tiles * TW].reshape((16, group, band_tiles * TW))   # C-contiguous
+            v = v_all[:16 * group * T].reshape((16, group, T))               # C-contiguous
             for k in range(group):
-                load_rows(x, n, c0 + k, 2 * ty0 - 1, n_rows, Wp, xs)
-                _input_tiles(xs, Wp, n_rows, TW, v, k, even, odd, h)
+                _input_tiles(x, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xs, h)
             for e in range(16):
                 pointwise_tile(v, e, 0, tile_rows * TW, u[e, :, c0:], 0, Co, m[e])
         for co in range(Co):
