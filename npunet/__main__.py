@@ -1,6 +1,6 @@
 """`python -m npunet` is the `npunet` command."""
 import sys
 
-from npunet.cli import main
+from npunet.cli import console
 
-sys.exit(main())
+sys.exit(console())

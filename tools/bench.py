@@ -144,8 +144,8 @@ def seg(*a, timings=None, **k):
         timings.update(rec["timings"])
     return out
 sc.segment_array = seg
-from npunet.cli import main
-rc = main(["segment", sys.argv[1], "-o", sys.argv[2], "--overwrite", "--quiet"] + sys.argv[3:])
+from npunet.cli import console   # what the `npunet` command runs
+rc = console(["segment", sys.argv[1], "-o", sys.argv[2], "--overwrite", "--quiet"] + sys.argv[3:])
 rec["rc"] = rc
 rec["in_process_s"] = time.perf_counter() - t_start
 import resource; rec["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
