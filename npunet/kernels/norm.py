@@ -4,9 +4,11 @@ GroupNorm splits the C channels of each sample into `groups` groups of C/groups 
 each group by its own mean and biased variance over (C/groups)*H*W values:
     y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c]
 The statistics are the numerically delicate part: single-pass float32 E[x^2] - E[x]^2 loses everything
-on large-mean inputs (1000 + noise). Both paths here take two passes in float64 (mean, then the mean of
-squared deviations). The fast path then normalises in float32 as ((x - mean_hi) - mean_lo) * a + beta,
-with mean = mean_hi + mean_lo split into two float32 parts, so the large mean cancels before rounding.
+on large-mean inputs (1000 + noise). The reference takes two passes in float64 (mean, then the mean of
+squared deviations). The fast path reads the data once for both, in float64 and shifted by the group's
+first value (the "shifted data" variance: the common offset cancels before anything is squared), then
+normalises in float32 as ((x - mean_hi) - mean_lo) * a + beta, with mean = mean_hi + mean_lo split into
+two float32 parts, so the large mean cancels before rounding.
 
 `<op>_reference` is the float64 NumPy definition; `<op>` is the Numba fast path that must match it.
 Both are safe in place (out=x): a group's statistics are finished before any of it is overwritten.
@@ -57,35 +59,36 @@ def _normalize(src, dst, mean_hi, mean_lo, a, b, relu):
             dst[i] = ((src[i] - mean_hi) - mean_lo) * a + b
 
 
-LANES = 512      # float64 partial sums per group: lane l sums elements l, l+LANES, ... (see _lane_sums)
+LANES = 256      # float64 partial sums per group: lane l sums elements l, l+LANES, ... (see _lane_moments)
 
 
 @helper
-def _lane_sums(row, center, squares, lanes):
-    """sum(row - center) (squares=False) or sum((row - center)**2) (squares=True), in float64.
-    Element i goes to partial sum i % LANES, and the partial sums are added in order at the end: a fixed
-    order (so results do not depend on threads), and one long contiguous loop that LLVM vectorises, which a
-    single running sum (a serial dependency) or a few scalar accumulators are not."""
+def _lane_moments(row, shift, lanes):
+    """(sum(row - shift), sum((row - shift)**2)) in float64, in one pass.
+    Element i goes to partial sums lanes[0 or 1, i % LANES], added in order at the end: a fixed order (results
+    do not depend on threads), and one long contiguous loop that LLVM vectorises, which a single running
+    sum (a serial dependency) or a few scalar accumulators are not. lanes: (2, LANES) float64 scratch."""
     M = row.shape[0]
     n_full = M // LANES
+    s, q = lanes[0], lanes[1]
     for l in range(LANES):
-        lanes[l] = 0.0
+        s[l] = 0.0
+        q[l] = 0.0
     for k in range(n_full):
         block = row[k * LANES:]
-        if squares:
-            for l in range(LANES):
-                d = block[l] - center
-                lanes[l] += d * d
-        else:
-            for l in range(LANES):
-                lanes[l] += block[l] - center
+        for l in range(LANES):
+            d = block[l] - shift
+            s[l] += d
+            q[l] += d * d
     for i in range(n_full * LANES, M):
-        d = row[i] - center
-        lanes[i - n_full * LANES] += d * d if squares else d
-    total = 0.0
+        d = row[i] - shift
+        s[i - n_full * LANES] += d
+        q[i - n_full * LANES] += d * d
+    total_s = total_q = 0.0
     for l in range(LANES):
-        total += lanes[l]
-    return total
+        total_s += s[l]
+        total_q += q[l]
+    return total_s, total_q
 
 
 @kernel
@@ -98,11 +101,16 @@ def _group_norm_kernel(x, weight, bias, eps, relu, out):
         n = task // G
         g = task % G
         row = x[n, g]
-        lanes = np.empty(LANES, np.float64)
-        mean = _lane_sums(row, 0.0, False, lanes) / M                   # pass 1: mean
-        var = _lane_sums(row, mean, True, lanes) / M                    # pass 2: biased variance
+        lanes = np.empty((2, LANES), np.float64)
+        # pass 1: mean and biased variance from sums of (x - shift), shift = the group's first value, so a
+        # large common offset (1000 + noise) cancels before squaring
+        shift = np.float64(row[0])
+        s, q = _lane_moments(row, shift, lanes)
+        mean_shifted = s / M
+        var = max(q / M - mean_shifted * mean_shifted, 0.0)
+        mean = shift + mean_shifted
         rstd = 1.0 / math.sqrt(var + eps)
-        # pass 3: y = ((x - mean_hi) - mean_lo) * a + beta, per channel of the group
+        # pass 2: y = ((x - mean_hi) - mean_lo) * a + beta, per channel of the group
         mean_hi = np.float32(mean)
         mean_lo = np.float32(mean - np.float64(mean_hi))
         for k in range(cpg):
