@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,11 @@ def make_engines(weights_path: Path, threads: int, batch: int, notes: list) -> d
         engines["torch channels_last"] = torch_cl
         onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
         try:
-            torch.onnx.export(model, torch.zeros(batch, 3, 192, 192), str(onnx_path), input_names=["x"],
-                              output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-                              dynamo=False)
+            with warnings.catch_warnings():     # the TorchScript exporter's deprecation notice, once per batch
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(model, torch.zeros(batch, 3, 192, 192), str(onnx_path), input_names=["x"],
+                                  output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+                                  dynamo=False)
         except Exception as exc:  # exporter unavailable or broken
             notes.append(f"ONNX export failed: {str(exc).splitlines()[0]}")
             onnx_path = None
