@@ -19,7 +19,7 @@ COMMANDS = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported for its options (None: all of them), so that
-    `npunet segment` does not pay for importing evaluate's scipy.ndimage and surface tables (~0.6 s)."""
+    `npunet segment` does not pay for importing evaluate's scipy.ndimage and surface tables (slow imports)."""
     parser = argparse.ArgumentParser(
         prog="npunet",
         description="NumPy + Numba CPU engine for the depthwise-separable ECA U-Net (abdominal CT, 13 organs).")
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def console(argv: list[str] | None = None) -> int:
     """The `npunet` console script: main(), then skip the interpreter's final garbage collection. Numba
-    leaves ~10^5 compiler objects behind, and collecting them at exit cost ~0.2 s per run (measured with
-    /usr/bin/time around `npunet segment`); gc.freeze() marks them permanent, so exit is immediate."""
+    leaves many compiler objects behind and collecting them made exit a noticeable part of a short run (see
+    the start-up figures in the README); gc.freeze() marks them permanent, so exit is immediate."""
     code = main(argv)
     import gc
     gc.freeze()

@@ -77,6 +77,11 @@ def warm_up(model) -> None:
 def start_warm_up(model) -> threading.Thread:
     """warm_up(model) in a background thread; join it before calling any kernel from this thread (the
     threading layer may not accept parallel kernels launched from two threads at once)."""
-    thread = threading.Thread(target=warm_up, args=(model,), name="npunet-warm-up", daemon=True)
+    def quiet_warm_up():
+        try:
+            warm_up(model)
+        except Exception:   # no traceback from the thread: segmenting meets the same error and reports it
+            pass
+    thread = threading.Thread(target=quiet_warm_up, name="npunet-warm-up", daemon=True)
     thread.start()
     return thread

@@ -180,7 +180,6 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     from npunet.pipeline import start_warm_up
     warm_up = start_warm_up(model)          # kernels load while the first CT is read
 
-
     results = []
     for i, job in enumerate(jobs, start=1):
         prefix = f"[{i}/{len(jobs)}] {job.case}" if batch else job.case

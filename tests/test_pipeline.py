@@ -90,3 +90,24 @@ def test_pad_to_square_centres_the_slice():
     sq, win = pad_to_square(x)
     assert sq.shape == (1, 1, 8, 8) and (win.y0, win.x0, win.height, win.width) == (2, 0, 4, 8)
     assert sq[0, 0, :2].sum() == 0 and sq[0, 0, 2:6].all() and sq[0, 0, 6:].sum() == 0
+
+
+def test_warm_up_thread_never_raises(monkeypatch):
+    """The background warm-up loads the kernels; an error in it does not escape the thread (that would print
+    a traceback; segmenting meets the same error and reports it in one line), and a non-Network model is
+    skipped."""
+    import threading
+    from pathlib import Path
+    from npunet.network import Network, from_file
+    from npunet.pipeline import start_warm_up
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_type))
+    net = from_file(Path(__file__).parent / "fixtures" / "dsconv_eca_unet.npuw")
+
+    class Failing(Network):
+        def __call__(self, x):
+            raise RuntimeError("boom")
+
+    for model in (net, Failing(net.spec, net.tensors), object()):
+        start_warm_up(model).join()
+    assert escaped == []

@@ -57,8 +57,8 @@ def labels_json_path(output: str | os.PathLike) -> Path:
 
 def open_image(path: Path):
     """nib.load(path), with a one-line InputError for a missing file, a folder, or unreadable bytes.
-    A gzipped NIfTI is decompressed in memory in one zlib call (_gunzip) instead of through gzip.GzipFile:
-    about twice as fast, and zlib lets other threads run meanwhile (the kernels load during the read)."""
+    A gzipped NIfTI is decompressed in memory in one zlib call (_gunzip) instead of through gzip.GzipFile's
+    many small reads: faster, and zlib lets other threads run meanwhile (the kernels load during the read)."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():

@@ -1,8 +1,6 @@
 """Serial inner loops shared by the convolution kernels (conv.py, winograd.py): copying a band of rows into
 a zero-padded scratch and back, and the 1x1-conv tile that is also the Winograd transform-domain product."""
 
-import numpy as np
-
 from npunet.kernels._numba import helper
 
 
