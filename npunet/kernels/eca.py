@@ -17,6 +17,7 @@ import numpy as np
 from numba import prange
 
 from npunet.kernels._numba import as_f32, finish, kernel, output
+from npunet.kernels._sums import LANES, lane_moments
 
 
 def _sigmoid64(z):
@@ -41,18 +42,9 @@ def _eca_kernel(x, w, out):
     k = w.shape[0]
     pad = (k - 1) // 2
     mean = np.empty((N, C), np.float64)
-    for t in prange(N * C):                     # per-channel means, four float64 partial sums
-        row = x[t // C, t % C]
-        s0 = s1 = s2 = s3 = 0.0
-        P4 = P - P % 4
-        for i in range(0, P4, 4):
-            s0 += row[i]
-            s1 += row[i + 1]
-            s2 += row[i + 2]
-            s3 += row[i + 3]
-        for i in range(P4, P):
-            s0 += row[i]
-        mean[t // C, t % C] = ((s0 + s1) + (s2 + s3)) / P
+    for t in prange(N * C):                     # per-channel means, in float64 (vectorised partial sums)
+        lanes = np.empty((2, LANES), np.float64)
+        mean[t // C, t % C] = lane_moments(x[t // C, t % C], 0.0, lanes)[0] / P
     gate = np.empty((N, C), np.float32)
     for n in range(N):                          # conv1d across channels + stable sigmoid (tiny, serial)
         for c in range(C):

@@ -20,6 +20,7 @@ import numpy as np
 from numba import prange
 
 from npunet.kernels._numba import as_f32, finish, helper, kernel, output
+from npunet.kernels._sums import LANES, lane_moments
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,38 +60,6 @@ def _normalize(src, dst, mean_hi, mean_lo, a, b, relu):
             dst[i] = ((src[i] - mean_hi) - mean_lo) * a + b
 
 
-LANES = 256      # float64 partial sums per group: lane l sums elements l, l+LANES, ... (see _lane_moments)
-
-
-@helper
-def _lane_moments(row, shift, lanes):
-    """(sum(row - shift), sum((row - shift)**2)) in float64, in one pass.
-    Element i goes to partial sums lanes[0 or 1, i % LANES], added in order at the end: a fixed order (results
-    do not depend on threads), and one long contiguous loop that LLVM vectorises, which a single running
-    sum (a serial dependency) or a few scalar accumulators are not. lanes: (2, LANES) float64 scratch."""
-    M = row.shape[0]
-    n_full = M // LANES
-    s, q = lanes[0], lanes[1]
-    for l in range(LANES):
-        s[l] = 0.0
-        q[l] = 0.0
-    for k in range(n_full):
-        block = row[k * LANES:]
-        for l in range(LANES):
-            d = block[l] - shift
-            s[l] += d
-            q[l] += d * d
-    for i in range(n_full * LANES, M):
-        d = row[i] - shift
-        s[i - n_full * LANES] += d
-        q[i - n_full * LANES] += d * d
-    total_s = total_q = 0.0
-    for l in range(LANES):
-        total_s += s[l]
-        total_q += q[l]
-    return total_s, total_q
-
-
 @kernel
 def _group_norm_kernel(x, weight, bias, eps, relu, out):
     # x, out: (N, G, M) with M = (C/G)*H*W, one group a contiguous row; weight, bias: (C,)
@@ -105,7 +74,7 @@ def _group_norm_kernel(x, weight, bias, eps, relu, out):
         # pass 1: mean and biased variance from sums of (x - shift), shift = the group's first value, so a
         # large common offset (1000 + noise) cancels before squaring
         shift = np.float64(row[0])
-        s, q = _lane_moments(row, shift, lanes)
+        s, q = lane_moments(row, shift, lanes)
         mean_shifted = s / M
         var = max(q / M - mean_shifted * mean_shifted, 0.0)
         mean = shift + mean_shifted
