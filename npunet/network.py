@@ -8,7 +8,9 @@ output, for teaching and for debugging parity.
 Memory: every layer writes into a buffer that the network keeps and reuses from call to call (writing
 never-touched memory is slow, and a batch loop would otherwise allocate ~70 fresh arrays per call).
 GroupNorm+ReLU and ECA run in place; the bilinear upsample writes straight into its concat buffer, after
-the skip (kernels.upsample_concat). Only the returned logits are a fresh array. Buffers are per thread,
+the skip (kernels.upsample_concat). Where the concat feeds a Winograd conv, `net(x)` does not build it at
+all: the conv reads the skip and upsamples the low-resolution rows as it goes (kernels.conv3x3_winograd
+with `low`), bit-identical; `trace` builds it, to show it. Only the returned logits are a fresh array. Buffers are per thread,
 so one Network may serve several threads; they grow to the largest batch seen (a smaller batch uses a
 leading slice). For the default model at 192x192 they hold about 37 MB per slice of batch.
 
@@ -62,10 +64,12 @@ class Network:
         return list(self._run(x, keep=True))
 
     def _run(self, x, keep: bool):
+        """Yields (layer, output) per layer. Without keep, an upsample+concat that feeds a Winograd conv is
+        left to that conv (its two steps yield the low-resolution input unchanged)."""
         x = self._check_input(x)
-        skips: dict[int, np.ndarray] = {}
+        skips: dict = {}
         for i, layer in enumerate(self.plan):
-            x = self._apply(i, layer, x, skips)
+            x = self._apply(i, layer, x, skips, fuse=not keep)
             yield layer, (x.copy() if keep else x)
 
     def _buffer(self, i: int, shape: tuple) -> np.ndarray:
@@ -88,11 +92,15 @@ class Network:
                              f"{len(self.spec['encoder'])} encoder stages, got {x.shape[2]}x{x.shape[3]}")
         return x
 
-    def _apply(self, i: int, layer: Layer, x: np.ndarray, skips: dict) -> np.ndarray:
+    def _apply(self, i: int, layer: Layer, x: np.ndarray, skips: dict, fuse: bool) -> np.ndarray:
         t, n = self.tensors, layer.name
         op = layer.op
         N, C, H, W = x.shape
         co = layer.out_channels
+        if op == "conv3x3" and "lazy_concat" in skips:    # the conv reads [skip, upsample(x)] itself
+            skip = skips.pop("lazy_concat")
+            return K.conv3x3_winograd(skip, t[f"{n}.weight"], out=self._buffer(i, (N, co) + skip.shape[2:]),
+                                      u=self.winograd[n], low=x, align_corners=self.align_corners)
         if op == "conv3x3":
             return K.conv3x3(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)),
                              winograd_weights=self.winograd[n])
@@ -111,6 +119,10 @@ class Network:
             return x
         if op == "upsample":        # the next layer is the concat: [skip, upsampled] written as one buffer
             skip = skips.pop(dict([self.plan[i + 1].extra])["skip"])
+            after = self.plan[i + 2] if i + 2 < len(self.plan) else None
+            if fuse and after is not None and after.op == "conv3x3" and after.in_channels >= K.WINOGRAD_MIN_CI:
+                skips["lazy_concat"] = skip                 # left to that conv, see conv3x3_winograd's low
+                return x
             cat = K.upsample_concat(skip, x, self.align_corners,
                                     out=self._buffer(i, (N, skip.shape[1] + C, 2 * H, 2 * W)))
             skips["concat"] = cat
@@ -121,6 +133,8 @@ class Network:
         if op == "concat":
             if "concat" in skips:     # already written by upsample_concat
                 return skips.pop("concat")
+            if "lazy_concat" in skips:
+                return x
             skip = skips.pop(dict([layer.extra])["skip"])
             return K.concat_channels(skip, x, out=self._buffer(i, (N, skip.shape[1] + C, H, W)))
         if op == "head":

@@ -583,3 +583,19 @@ def test_winograd_rejects_mismatched_weights():
         K.conv3x3(x, w, winograd_weights=np.zeros((16, 4, 7), np.float32))
     with pytest.raises(ValueError, match=r"\(Co, 8, 3, 3\)"):
         K.conv3x3_winograd(x, w[:, :5])
+
+
+@pytest.mark.parametrize("ac", [False, True])
+def test_winograd_reads_upsample_concat_without_building_it(ac):
+    """conv3x3_winograd(skip, w, low=low) is the conv of torch.cat([skip, upsample2x(low)], 1) to the last bit
+    of the two-step fast path, and matches the float64 definition."""
+    rng = np.random.default_rng(81)
+    for n, cs, cl, h, w in [(2, 8, 16, 12, 12), (1, 3, 5, 7, 9), (1, 16, 32, 24, 20)]:
+        skip, low = _rand(rng, n, cs, 2 * h, 2 * w), _rand(rng, n, cl, h, w)
+        wt = _rand(rng, 6, cs + cl, 3, 3)
+        fused = K.conv3x3_winograd(skip, wt, low=low, align_corners=ac)
+        assert np.array_equal(fused, K.conv3x3_winograd(K.upsample_concat(skip, low, ac), wt))
+        want = K.conv3x3_reference(K.upsample_concat_reference(skip, low, ac), wt)
+        assert _maxdiff(fused, want) <= _bound(TOL, want)
+    with pytest.raises(ValueError, match=r"low \(1, 5, 7, 8\) must be \(N, Cl, H/2, W/2\)"):
+        K.conv3x3_winograd(_rand(rng, 1, 3, 14, 18), _rand(rng, 6, 8, 3, 3), low=_rand(rng, 1, 5, 7, 8))

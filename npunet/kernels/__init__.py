@@ -8,7 +8,8 @@ with torch and prints the max |diff| per case. Most ops take an optional preallo
 conv      depthwise_conv3x3(x, w)            x (N,C,H,W), w (C,1,3,3)      F.conv2d(padding=1, groups=C)
           pointwise_conv(x, w, bias=None)    w (Co,Ci,1,1), bias (Co,)     F.conv2d 1x1 (also the head)
           conv3x3(x, w)                      w (Co,Ci,3,3)                 F.conv2d(padding=1)
-winograd  conv3x3_winograd(x, w, u=None)     the same, by F(2x2,3x3)       (conv3x3 uses it from 8 channels)
+winograd  conv3x3_winograd(x, w, u=None, low=None)  the same, by F(2x2,3x3) (conv3x3 uses it from 8 channels);
+                                             with low: on cat([x, upsample2x(low)]), never built
           winograd_weights(w)                -> u (16,Co,Ci)               G w G^T, once per layer
           conv_transpose2x2(x, w, bias)      w (Ci,Co,2,2) -> (N,Co,2H,2W) F.conv_transpose2d(stride=2)
 norm      group_norm(x, weight, bias, groups, eps, relu=False)             F.group_norm (+ F.relu)
@@ -24,7 +25,7 @@ resample  max_pool2x2(x)                     -> (N,C,H//2,W//2)            F.max
 """
 
 from npunet.kernels.conv import (
-    conv3x3, conv3x3_reference, conv_transpose2x2, conv_transpose2x2_reference, depthwise_conv3x3,
+    WINOGRAD_MIN_CI, conv3x3, conv3x3_reference, conv_transpose2x2, conv_transpose2x2_reference, depthwise_conv3x3,
     depthwise_conv3x3_reference, pointwise_conv, pointwise_conv_reference)
 from npunet.kernels.eca import eca, eca_reference
 from npunet.kernels.winograd import conv3x3_winograd, conv3x3_winograd_reference, winograd_weights

@@ -132,7 +132,7 @@ def _band_span(iy0, iy1, band):
 
 
 @helper
-def _interp_row(src, ix0, ix1, lx0, lx1, dst):
+def interp_row(src, ix0, ix1, lx0, lx1, dst):
     """dst[j] = src[ix0[j]]*lx0[j] + src[ix1[j]]*lx1[j]: one source row interpolated along W."""
     for j in range(dst.shape[0]):
         dst[j] = src[ix0[j]] * lx0[j] + src[ix1[j]] * lx1[j]
@@ -159,7 +159,7 @@ def _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band, span, out,
         s0 = iy0[r_lo]
         rows = np.empty((span, ow), np.float32)
         for s in range(iy1[r_hi - 1] - s0 + 1):
-            _interp_row(x[n, c - Ca, s0 + s], ix0, ix1, lx0, lx1, rows[s])
+            interp_row(x[n, c - Ca, s0 + s], ix0, ix1, lx0, lx1, rows[s])
         for oy in range(r_lo, r_hi):
             ra, rb, dst = rows[iy0[oy] - s0], rows[iy1[oy] - s0], out[n, c, oy]
             h0, h1 = ly0[oy], ly1[oy]
@@ -184,7 +184,7 @@ def _upsample_argmax_kernel(logits, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band
         label = np.empty(cw, np.uint8)
         for k in range(K):
             for s in range(iy1[r_hi - 1] - s0 + 1):
-                _interp_row(logits[n, k, s0 + s], ix0, ix1, lx0, lx1, rows[k, s])
+                interp_row(logits[n, k, s0 + s], ix0, ix1, lx0, lx1, rows[k, s])
         for r in range(r_lo, r_hi):
             a, bb, h0, h1 = iy0[r] - s0, iy1[r] - s0, ly0[r], ly1[r]
             ra, rb = rows[0, a], rows[0, bb]

@@ -19,6 +19,10 @@ output scale (tests/test_kernels.py prints it), well inside the 1e-5 parity tole
 Fast path: prange over (sample, band of tile rows); each task transforms its band of every input channel
 into V (16, Ci, T), runs the 16 products into M (16, Co, T), and writes the 2x2 blocks out. A task reads
 and writes only its own band, sums channels in order: results do not depend on the thread count.
+
+The decoder's first conv reads torch.cat([skip, upsample2x(low)], 1). Given `low`, the fast path reads its
+input rows from skip and from low, upsampling each needed row on the fly (resample.interp_row, the same
+float32 operations as upsample_concat), so the concatenation is never written to memory and read back.
 """
 
 import numba
@@ -27,6 +31,7 @@ from numba import prange
 
 from npunet.kernels._numba import as_f32, finish, helper, kernel, output
 from npunet.kernels._tiles import load_rows, pointwise_tile
+from npunet.kernels.resample import bilinear_source_index, interp_row
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)   # input transform
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)            # kernel transform
@@ -69,13 +74,44 @@ def conv3x3_winograd_reference(x, w, out=None):
 # ---------------------------------------------------------------------------------------------------------
 
 @helper
-def _input_tiles(x, n, c, iy0, tile_rows, TW, v, k, xs, h):
+def _input_row(x, up, n, c, iy, Wp, xs, rows, keys):
+    """Row iy of input channel c, zero-padded, into xs (zeros outside the image). The input is x (N, Cx, H, W)
+    followed by the 2x bilinear upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1, ly0, ly1, ix0, ix1,
+    lx0, lx1): channel Cx + c' is row iy of upsample(low)[n, c'], the same float32 operations as
+    resample._bilinear_kernel. rows: (2, W) source rows of low interpolated along W, source row s kept in
+    slot s % 2 and keys[s % 2] = s (the caller sets keys to -1 for each new channel), so that consecutive
+    output rows, which share source rows, interpolate each only once."""
+    Cx, H, W = x.shape[1], x.shape[2], x.shape[3]
+    if c < Cx:
+        load_rows(x, n, c, iy, 1, Wp, xs)
+        return
+    if iy < 0 or iy >= H:
+        for j in range(Wp):
+            xs[j] = 0.0
+        return
+    low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1 = up
+    for s in (iy0[iy], iy1[iy]):
+        if keys[s % 2] != s:
+            interp_row(low[n, c - Cx, s], ix0, ix1, lx0, lx1, rows[s % 2])
+            keys[s % 2] = s
+    a, b = rows[iy0[iy] % 2], rows[iy1[iy] % 2]
+    h0, h1 = ly0[iy], ly1[iy]
+    xs[0] = 0.0
+    for j in range(W):
+        xs[1 + j] = a[j] * h0 + b[j] * h1
+    for j in range(W + 1, Wp):
+        xs[j] = 0.0
+
+
+@helper
+def _input_tiles(x, up, n, c, iy0, tile_rows, TW, v, k, xs, rows, keys, h):
     """v[4i+j, k, ty*TW + tx] = (B^T d B)[i, j] for every tile of a band of input channel c: the tiles d are
-    4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of x[n, c].
+    4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of the input (_input_row).
     xs: (2*TW + 2,) one padded row; h: (2, 4, (tile_rows+1)*TW), d B of the even and of the odd rows."""
     Wp = 2 * TW + 2
+    keys[0] = keys[1] = -1
     for r in range(2 * tile_rows + 2):       # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        load_rows(x, n, c, iy0 + r, 1, Wp, xs)
+        _input_row(x, up, n, c, iy0 + r, Wp, xs, rows, keys)
         h0, h1, h2, h3 = h[r % 2, 0, (r // 2) * TW:], h[r % 2, 1, (r // 2) * TW:], \
             h[r % 2, 2, (r // 2) * TW:], h[r % 2, 3, (r // 2) * TW:]
         for tx in range(TW):
@@ -123,9 +159,11 @@ def _output_tiles(m, co, tile_rows, TW, out, n, y0, pq):
 
 
 @kernel
-def _winograd_kernel(x, u, out, band_tiles):
-    # x: (N, Ci, H, W); u: (16, Co, Ci); out: (N, Co, H, W); band_tiles: tile rows per task
-    N, Ci, H, W = x.shape
+def _winograd_kernel(x, up, u, out, band_tiles):
+    # x: (N, Cx, H, W), up: see _input_row (its low has Cl channels, Cx + Cl = Ci); u: (16, Co, Ci);
+    # out: (N, Co, H, W); band_tiles: tile rows per task
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    Ci = x.shape[1] + up[0].shape[1]
     Co = u.shape[1]
     TH, TW = (H + 1) // 2, (W + 1) // 2
     n_bands = (TH + band_tiles - 1) // band_tiles
@@ -135,6 +173,7 @@ def _winograd_kernel(x, u, out, band_tiles):
         tile_rows = min(band_tiles, TH - ty0)
         T = band_tiles * TW
         xs = np.empty(2 * TW + 2, np.float32)
+        rows, keys = np.empty((2, W), np.float32), np.empty(2, np.int64)
         h = np.empty((2, 4, T + TW), np.float32)
         pq = np.empty((8, T), np.float32)
         v_all = np.empty(16 * CI_GROUP * T, np.float32)
@@ -143,30 +182,42 @@ def _winograd_kernel(x, u, out, band_tiles):
             group = min(CI_GROUP, Ci - c0)
             v = v_all[:16 * group * T].reshape((16, group, T))               # C-contiguous
             for k in range(group):
-                _input_tiles(x, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xs, h)
+                _input_tiles(x, up, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xs, rows, keys, h)
             for e in range(16):
                 pointwise_tile(v, e, 0, tile_rows * TW, u[e, :, c0:], 0, Co, m[e])
         for co in range(Co):
             _output_tiles(m, co, tile_rows, TW, out, n, 2 * ty0, pq)
 
 
-def conv3x3_winograd(x, w, out=None, u=None):
+def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False):
     """x: (N, Ci, H, W), w: (Co, Ci, 3, 3) -> (N, Co, H, W). Mirrors F.conv2d(x, w, padding=1), no bias.
-    u: winograd_weights(w), when the caller keeps it (the network transforms each layer's weights once)."""
+    u: winograd_weights(w), when the caller keeps it (the network transforms each layer's weights once).
+    low: (N, Cl, H/2, W/2): the conv then runs on torch.cat([x, F.interpolate(low, scale_factor=2,
+    mode="bilinear", align_corners=align_corners)], 1) (w: (Co, Ci + Cl, 3, 3)), equal to
+    conv3x3_winograd(upsample_concat(x, low), w) to the last bit, without building the concatenation."""
     x = as_f32(x, "x", 4)
-    N, Ci, H, W = x.shape
+    N, Cx, H, W = x.shape
+    if low is None:
+        low = np.empty((N, 0, 1, 1), np.float32)
+    low = as_f32(low, "low", 4)
+    if low.shape[1] and (low.shape[0] != N or (2 * low.shape[2], 2 * low.shape[3]) != (H, W)):
+        raise ValueError(f"conv3x3: low {low.shape} must be (N, Cl, H/2, W/2) for x {x.shape}")
+    Ci = Cx + low.shape[1]
     w = as_f32(w, "w")
     if w.ndim != 4 or w.shape[1:] != (Ci, 3, 3):
-        raise ValueError(f"conv3x3: w must be (Co, {Ci}, 3, 3) for x {x.shape}, got {w.shape}")
+        raise ValueError(f"conv3x3: w must be (Co, {Ci}, 3, 3) for x {x.shape}"
+                         + (f" and low {low.shape}" if low.shape[1] else "") + f", got {w.shape}")
     Co = w.shape[0]
     u = winograd_weights(w) if u is None else as_f32(u, "u")
     if u.shape != (16, Co, Ci):
         raise ValueError(f"conv3x3: Winograd weights must be (16, {Co}, {Ci}) for w {w.shape}, got {u.shape}")
-    out = output(out, (N, Co, H, W), inputs=(x,))
+    out = output(out, (N, Co, H, W), inputs=(x, low))
     if out.size:
+        iy0, iy1, ly0, ly1 = bilinear_source_index(max(1, low.shape[2]), H, align_corners, 2.0)
+        ix0, ix1, lx0, lx1 = bilinear_source_index(max(1, low.shape[3]), W, align_corners, 2.0)
         TH, TW = (H + 1) // 2, (W + 1) // 2
         band_tiles = max(1, min(TH, SCRATCH_FLOATS // (16 * (CI_GROUP + Co) * TW)))
         bands_per_sample = -(-2 * numba.get_num_threads() // N)          # enough tasks for every thread
         band_tiles = min(band_tiles, -(-TH // bands_per_sample))
-        _winograd_kernel(x, u, out, band_tiles)
+        _winograd_kernel(x, (low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1), u, out, band_tiles)
     return out
