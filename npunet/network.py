@@ -8,9 +8,11 @@ output, for teaching and for debugging parity.
 Memory: every layer writes into a buffer that the network keeps and reuses from call to call (writing
 never-touched memory is slow, and a batch loop would otherwise allocate ~70 fresh arrays per call).
 GroupNorm+ReLU and ECA run in place; the bilinear upsample writes straight into its concat buffer, after
-the skip (kernels.upsample_concat). Where the concat feeds a Winograd conv, `net(x)` does not build it at
-all: the conv reads the skip and upsamples the low-resolution rows as it goes (kernels.conv3x3_winograd
-with `low`), bit-identical; `trace` builds it, to show it. Only the returned logits are a fresh array. Buffers are per thread,
+the skip (kernels.upsample_concat). Two intermediate tensors that only feed a Winograd conv are not written
+at all by `net(x)`: a concat (the conv reads the skip and upsamples the low-resolution rows as it goes,
+conv3x3_winograd's `low`) and a GroupNorm+ReLU output (the conv normalises its input rows as it reads
+them, `norm_relu`); both bit-identical, and `trace` builds them, to show them. Only the returned logits
+are a fresh array. Buffers are per thread,
 so one Network may serve several threads; they grow to the largest batch seen (a smaller batch uses a
 leading slice). For the default model at 192x192 they hold about 37 MB per slice of batch.
 
@@ -64,8 +66,8 @@ class Network:
         return list(self._run(x, keep=True))
 
     def _run(self, x, keep: bool):
-        """Yields (layer, output) per layer. Without keep, an upsample+concat that feeds a Winograd conv is
-        left to that conv (its two steps yield the low-resolution input unchanged)."""
+        """Yields (layer, output) per layer. Without keep, an upsample+concat or a norm_relu that feeds a
+        Winograd conv is left to that conv (those steps yield their input unchanged)."""
         x = self._check_input(x)
         skips: dict = {}
         for i, layer in enumerate(self.plan):
@@ -82,6 +84,11 @@ class Network:
             buf = buffers[i] = np.empty(shape, np.float32)
         return buf[:shape[0]]
 
+    def _winograd_next(self, i: int) -> bool:
+        """Whether layer i + 1 is a dense 3x3 conv that runs by Winograd (and so can take over layer i)."""
+        after = self.plan[i + 1] if i + 1 < len(self.plan) else None
+        return after is not None and after.op == "conv3x3" and after.in_channels >= K.WINOGRAD_MIN_CI
+
     def _check_input(self, x) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         c, d = self.spec["in_channels"], self.downsampling
@@ -97,6 +104,9 @@ class Network:
         op = layer.op
         N, C, H, W = x.shape
         co = layer.out_channels
+        if op == "conv3x3" and "lazy_norm" in skips:      # the conv reads relu(group_norm(x)) itself
+            return K.conv3x3_winograd(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)),
+                                      u=self.winograd[n], norm_relu=skips.pop("lazy_norm"))
         if op == "conv3x3" and "lazy_concat" in skips:    # the conv reads [skip, upsample(x)] itself
             skip = skips.pop("lazy_concat")
             return K.conv3x3_winograd(skip, t[f"{n}.weight"], out=self._buffer(i, (N, co) + skip.shape[2:]),
@@ -109,6 +119,10 @@ class Network:
         if op == "pointwise":
             return K.pointwise_conv(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)))
         if op == "norm_relu":
+            if fuse and self._winograd_next(i):
+                skips["lazy_norm"] = K.group_norm_coefficients(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups,
+                                                               self.eps)
+                return x
             return K.group_norm(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups, self.eps, relu=True, out=x)
         if op == "eca":
             return K.eca(x, t[f"{n}.conv.weight"], out=x)
@@ -119,8 +133,7 @@ class Network:
             return x
         if op == "upsample":        # the next layer is the concat: [skip, upsampled] written as one buffer
             skip = skips.pop(dict([self.plan[i + 1].extra])["skip"])
-            after = self.plan[i + 2] if i + 2 < len(self.plan) else None
-            if fuse and after is not None and after.op == "conv3x3" and after.in_channels >= K.WINOGRAD_MIN_CI:
+            if fuse and self._winograd_next(i + 1):
                 skips["lazy_concat"] = skip                 # left to that conv, see conv3x3_winograd's low
                 return x
             cat = K.upsample_concat(skip, x, self.align_corners,

@@ -599,3 +599,20 @@ def test_winograd_reads_upsample_concat_without_building_it(ac):
         assert _maxdiff(fused, want) <= _bound(TOL, want)
     with pytest.raises(ValueError, match=r"low \(1, 5, 7, 8\) must be \(N, Cl, H/2, W/2\)"):
         K.conv3x3_winograd(_rand(rng, 1, 3, 14, 18), _rand(rng, 6, 8, 3, 3), low=_rand(rng, 1, 5, 7, 8))
+
+
+def test_winograd_normalises_its_input_as_it_reads():
+    """conv3x3_winograd(x, w, norm_relu=group_norm_coefficients(x, ...)) is the conv of
+    relu(group_norm(x)) to the last bit of the two-step fast path; the coefficients reproduce group_norm."""
+    rng = np.random.default_rng(82)
+    for n, c, h, w, groups in [(2, 16, 24, 24, 8), (1, 8, 7, 9, 4), (2, 32, 20, 18, 8)]:
+        x = _rand(rng, n, c, h, w, scale=3.0) + 1.0
+        g, b, wt = _rand(rng, c), _rand(rng, c), _rand(rng, 6, c, 3, 3)
+        coef = K.group_norm_coefficients(x, g, b, groups, 1e-5)
+        normed = K.group_norm(x, g, b, groups, 1e-5, relu=True)
+        assert np.array_equal(K.conv3x3_winograd(x, wt, norm_relu=coef), K.conv3x3_winograd(normed, wt))
+        by_coef = ((x - coef[:, :, 0, None, None]) - coef[:, :, 1, None, None]) * coef[:, :, 2, None, None] \
+            + coef[:, :, 3, None, None]
+        assert np.array_equal(np.maximum(by_coef, 0), normed)
+    with pytest.raises(ValueError, match=r"norm_relu must be \(1, 8, 4\)"):
+        K.conv3x3_winograd(_rand(rng, 1, 8, 6, 6), _rand(rng, 4, 8, 3, 3), norm_relu=np.zeros((1, 7, 4), np.float32))

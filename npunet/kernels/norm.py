@@ -49,7 +49,7 @@ def relu_reference(x, out=None):
 # ---------------------------------------------------------------------------------------------------------
 
 @helper
-def _normalize(src, dst, mean_hi, mean_lo, a, b, relu):
+def normalize_row(src, dst, mean_hi, mean_lo, a, b, relu):
     """dst = ((src - mean_hi) - mean_lo) * a + b in float32, then max(., 0) when relu (NaN kept)."""
     if relu:
         for i in range(src.shape[0]):
@@ -58,6 +58,22 @@ def _normalize(src, dst, mean_hi, mean_lo, a, b, relu):
     else:
         for i in range(src.shape[0]):
             dst[i] = ((src[i] - mean_hi) - mean_lo) * a + b
+
+
+@helper
+def _group_stats(row, eps):
+    """(mean_hi, mean_lo, rstd) of one group: mean = mean_hi + mean_lo (two float32 parts) and 1/sqrt(var + eps)
+    with the biased variance, both from float64 sums of (x - shift), shift = the group's first value, so a
+    large common offset (1000 + noise) cancels before squaring."""
+    M = row.shape[0]
+    lanes = np.empty((2, LANES), np.float64)
+    shift = np.float64(row[0])
+    s, q = lane_moments(row, shift, lanes)
+    mean_shifted = s / M
+    var = max(q / M - mean_shifted * mean_shifted, 0.0)
+    mean = shift + mean_shifted
+    mean_hi = np.float32(mean)
+    return mean_hi, np.float32(mean - np.float64(mean_hi)), 1.0 / math.sqrt(var + eps)
 
 
 @kernel
@@ -70,22 +86,26 @@ def _group_norm_kernel(x, weight, bias, eps, relu, out):
         n = task // G
         g = task % G
         row = x[n, g]
-        lanes = np.empty((2, LANES), np.float64)
-        # pass 1: mean and biased variance from sums of (x - shift), shift = the group's first value, so a
-        # large common offset (1000 + noise) cancels before squaring
-        shift = np.float64(row[0])
-        s, q = lane_moments(row, shift, lanes)
-        mean_shifted = s / M
-        var = max(q / M - mean_shifted * mean_shifted, 0.0)
-        mean = shift + mean_shifted
-        rstd = 1.0 / math.sqrt(var + eps)
-        # pass 2: y = ((x - mean_hi) - mean_lo) * a + beta, per channel of the group
-        mean_hi = np.float32(mean)
-        mean_lo = np.float32(mean - np.float64(mean_hi))
+        mean_hi, mean_lo, rstd = _group_stats(row, eps)                      # pass 1: statistics
+        for k in range(cpg):                                                 # pass 2: per channel of the group
+            c = g * cpg + k
+            normalize_row(row[k * P:(k + 1) * P], out[n, g, k * P:(k + 1) * P], mean_hi, mean_lo,
+                          np.float32(weight[c] * rstd), bias[c], relu)
+
+
+@kernel
+def _group_norm_coefficients_kernel(x, weight, bias, eps, coef):
+    # x: (N, G, M) as above; coef: (N, C, 4) float32
+    N, G, M = x.shape
+    cpg = weight.shape[0] // G
+    for task in prange(N * G):
+        n = task // G
+        g = task % G
+        mean_hi, mean_lo, rstd = _group_stats(x[n, g], eps)
         for k in range(cpg):
             c = g * cpg + k
-            _normalize(row[k * P:(k + 1) * P], out[n, g, k * P:(k + 1) * P], mean_hi, mean_lo,
-                       np.float32(weight[c] * rstd), bias[c], relu)
+            coef[n, c, 0], coef[n, c, 1] = mean_hi, mean_lo
+            coef[n, c, 2], coef[n, c, 3] = np.float32(weight[c] * rstd), bias[c]
 
 
 @helper
@@ -105,12 +125,9 @@ def _relu_kernel(x, out):
         _relu_range(x[lo:hi], out[lo:hi])
 
 
-def group_norm(x, weight, bias, groups, eps, relu=False, out=None):
-    """x: (N, C, H, W), weight, bias: (C,), C divisible by groups -> (N, C, H, W).
-    Mirrors F.group_norm(x, groups, weight, bias, eps) (biased variance), fused with F.relu when relu=True.
-    Safe in place (out=x)."""
+def _check_group_norm(x, weight, bias, groups):
     x = as_f32(x, "x", 4)
-    N, C, H, W = x.shape
+    C = x.shape[1]
     weight, bias = as_f32(weight, "weight"), as_f32(bias, "bias")
     groups = int(groups)
     if groups < 1 or C % groups:
@@ -118,11 +135,32 @@ def group_norm(x, weight, bias, groups, eps, relu=False, out=None):
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"group_norm: weight and bias must be ({C},) for x {x.shape}, "
                          f"got {weight.shape} and {bias.shape}")
+    return x, weight, bias, groups
+
+
+def group_norm(x, weight, bias, groups, eps, relu=False, out=None):
+    """x: (N, C, H, W), weight, bias: (C,), C divisible by groups -> (N, C, H, W).
+    Mirrors F.group_norm(x, groups, weight, bias, eps) (biased variance), fused with F.relu when relu=True.
+    Safe in place (out=x)."""
+    x, weight, bias, groups = _check_group_norm(x, weight, bias, groups)
+    N = x.shape[0]
     out = output(out, x.shape)
     if x.size:
         _group_norm_kernel(x.reshape(N, groups, -1), weight, bias, float(eps), bool(relu),
                            out.reshape(N, groups, -1))
     return out
+
+
+def group_norm_coefficients(x, weight, bias, groups, eps):
+    """x: (N, C, H, W) -> coef (N, C, 4) float32: per channel (mean_hi, mean_lo, a, beta) such that
+    group_norm(x)[n, c] == ((x[n, c] - mean_hi) - mean_lo) * a + beta, the same float32 operations
+    (normalize_row). For a consumer that normalises as it reads (conv3x3_winograd's norm_relu)."""
+    x, weight, bias, groups = _check_group_norm(x, weight, bias, groups)
+    N, C = x.shape[:2]
+    coef = np.empty((N, C, 4), np.float32)
+    if x.size:
+        _group_norm_coefficients_kernel(x.reshape(N, groups, -1), weight, bias, float(eps), coef)
+    return coef
 
 
 def relu(x, out=None):

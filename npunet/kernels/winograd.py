@@ -31,6 +31,7 @@ from numba import prange
 
 from npunet.kernels._numba import as_f32, finish, helper, kernel, output
 from npunet.kernels._tiles import load_rows, pointwise_tile
+from npunet.kernels.norm import normalize_row
 from npunet.kernels.resample import bilinear_source_index, interp_row
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)   # input transform
@@ -74,14 +75,22 @@ def conv3x3_winograd_reference(x, w, out=None):
 # ---------------------------------------------------------------------------------------------------------
 
 @helper
-def _input_row(x, up, n, c, iy, Wp, xs, rows, keys):
+def _input_row(x, norm, up, n, c, iy, Wp, xs, rows, keys):
     """Row iy of input channel c, zero-padded, into xs (zeros outside the image). The input is x (N, Cx, H, W)
-    followed by the 2x bilinear upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1, ly0, ly1, ix0, ix1,
-    lx0, lx1): channel Cx + c' is row iy of upsample(low)[n, c'], the same float32 operations as
-    resample._bilinear_kernel. rows: (2, W) source rows of low interpolated along W, source row s kept in
-    slot s % 2 and keys[s % 2] = s (the caller sets keys to -1 for each new channel), so that consecutive
-    output rows, which share source rows, interpolate each only once."""
+    - GroupNorm-ed and ReLU-ed as it is read when norm (N, Cx, 4) holds group_norm_coefficients, not when
+    norm has 0 channels - followed by the 2x bilinear upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1,
+    ly0, ly1, ix0, ix1, lx0, lx1): channel Cx + c' is row iy of upsample(low)[n, c'], the same float32
+    operations as resample._bilinear_kernel. rows: (2, W) source rows of low interpolated along W, source
+    row s kept in slot s % 2 and keys[s % 2] = s (the caller sets keys to -1 for each new channel), so that
+    consecutive output rows, which share source rows, interpolate each only once."""
     Cx, H, W = x.shape[1], x.shape[2], x.shape[3]
+    if c < Cx and norm.shape[1] and 0 <= iy < H:          # normalised as it is copied; padding stays zero
+        k = norm[n, c]
+        normalize_row(x[n, c, iy], xs[1:W + 1], k[0], k[1], k[2], k[3], True)
+        xs[0] = 0.0
+        for j in range(W + 1, Wp):
+            xs[j] = 0.0
+        return
     if c < Cx:
         load_rows(x, n, c, iy, 1, Wp, xs)
         return
@@ -104,14 +113,14 @@ def _input_row(x, up, n, c, iy, Wp, xs, rows, keys):
 
 
 @helper
-def _input_tiles(x, up, n, c, iy0, tile_rows, TW, v, k, xs, rows, keys, h):
+def _input_tiles(x, norm, up, n, c, iy0, tile_rows, TW, v, k, xs, rows, keys, h):
     """v[4i+j, k, ty*TW + tx] = (B^T d B)[i, j] for every tile of a band of input channel c: the tiles d are
     4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of the input (_input_row).
     xs: (2*TW + 2,) one padded row; h: (2, 4, (tile_rows+1)*TW), d B of the even and of the odd rows."""
     Wp = 2 * TW + 2
     keys[0] = keys[1] = -1
     for r in range(2 * tile_rows + 2):       # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        _input_row(x, up, n, c, iy0 + r, Wp, xs, rows, keys)
+        _input_row(x, norm, up, n, c, iy0 + r, Wp, xs, rows, keys)
         h0, h1, h2, h3 = h[r % 2, 0, (r // 2) * TW:], h[r % 2, 1, (r // 2) * TW:], \
             h[r % 2, 2, (r // 2) * TW:], h[r % 2, 3, (r // 2) * TW:]
         for tx in range(TW):
@@ -159,8 +168,8 @@ def _output_tiles(m, co, tile_rows, TW, out, n, y0, pq):
 
 
 @kernel
-def _winograd_kernel(x, up, u, out, band_tiles):
-    # x: (N, Cx, H, W), up: see _input_row (its low has Cl channels, Cx + Cl = Ci); u: (16, Co, Ci);
+def _winograd_kernel(x, norm, up, u, out, band_tiles):
+    # x: (N, Cx, H, W), norm, up: see _input_row (up's low has Cl channels, Cx + Cl = Ci); u: (16, Co, Ci);
     # out: (N, Co, H, W); band_tiles: tile rows per task
     N, H, W = x.shape[0], x.shape[2], x.shape[3]
     Ci = x.shape[1] + up[0].shape[1]
@@ -182,21 +191,26 @@ def _winograd_kernel(x, up, u, out, band_tiles):
             group = min(CI_GROUP, Ci - c0)
             v = v_all[:16 * group * T].reshape((16, group, T))               # C-contiguous
             for k in range(group):
-                _input_tiles(x, up, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xs, rows, keys, h)
+                _input_tiles(x, norm, up, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xs, rows, keys, h)
             for e in range(16):
                 pointwise_tile(v, e, 0, tile_rows * TW, u[e, :, c0:], 0, Co, m[e])
         for co in range(Co):
             _output_tiles(m, co, tile_rows, TW, out, n, 2 * ty0, pq)
 
 
-def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False):
+def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False, norm_relu=None):
     """x: (N, Ci, H, W), w: (Co, Ci, 3, 3) -> (N, Co, H, W). Mirrors F.conv2d(x, w, padding=1), no bias.
     u: winograd_weights(w), when the caller keeps it (the network transforms each layer's weights once).
     low: (N, Cl, H/2, W/2): the conv then runs on torch.cat([x, F.interpolate(low, scale_factor=2,
     mode="bilinear", align_corners=align_corners)], 1) (w: (Co, Ci + Cl, 3, 3)), equal to
-    conv3x3_winograd(upsample_concat(x, low), w) to the last bit, without building the concatenation."""
+    conv3x3_winograd(upsample_concat(x, low), w) to the last bit, without building the concatenation.
+    norm_relu: (N, Ci, 4) group_norm_coefficients of x: the conv then runs on relu(group_norm(x)), equal to
+    conv3x3_winograd(group_norm(x, ..., relu=True), w) to the last bit, without writing the normalised x."""
     x = as_f32(x, "x", 4)
     N, Cx, H, W = x.shape
+    norm = np.empty((N, 0, 4), np.float32) if norm_relu is None else as_f32(norm_relu, "norm_relu", 3)
+    if norm.shape[1] and norm.shape != (N, Cx, 4):
+        raise ValueError(f"conv3x3: norm_relu must be ({N}, {Cx}, 4) for x {x.shape}, got {norm.shape}")
     if low is None:
         low = np.empty((N, 0, 1, 1), np.float32)
     low = as_f32(low, "low", 4)
@@ -219,5 +233,5 @@ def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False):
         band_tiles = max(1, min(TH, SCRATCH_FLOATS // (16 * (CI_GROUP + Co) * TW)))
         bands_per_sample = -(-2 * numba.get_num_threads() // N)          # enough tasks for every thread
         band_tiles = min(band_tiles, -(-TH // bands_per_sample))
-        _winograd_kernel(x, (low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1), u, out, band_tiles)
+        _winograd_kernel(x, norm, (low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1), u, out, band_tiles)
     return out
