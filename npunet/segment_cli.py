@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,7 +157,6 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     """
     if batch_size is None or int(batch_size) < 1:
         raise NpunetError(f"--batch-size must be at least 1, got {batch_size}")
-    _set_threads(threads)
     jobs = plan_jobs(input_path, output_path)
     batch = Path(input_path).is_dir() and jobs[0].kind == "nifti"
     log = _Log(quiet)
@@ -173,6 +173,11 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         more = f" (and {len(problems) - 1} more output problems)" if len(problems) > 1 else ""
         raise InputError(problems[0] + more)
 
+    # The first image is read (decompressed, mostly outside the GIL) while Numba and the weights load.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npunet-read")
+    first_read = reader.submit(_read_volume, jobs[0])
+    reader.shutdown(wait=False)
+    _set_threads(threads)
     if model is None:
         log.say(f"loading weights {weights or '(default)'}")
         model = load_model(weights)
@@ -188,7 +193,7 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         try:
             _segment_job(job, model, label_names, log, prefix, batch_size=batch_size, postprocess=postprocess,
                          overwrite=overwrite, statistics=statistics, preview=preview, written=result.written,
-                         before_segmenting=warm_up.join)
+                         before_segmenting=warm_up.join, prefetched=first_read if i == 1 else None)
             result.ok = True
         except BaseException as exc:
             for p in result.written:  # a failed (or interrupted) case leaves nothing behind
@@ -203,12 +208,18 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     return (results, batch) if return_mode else results
 
 
+def _read_volume(job: Job):
+    """(image, float32 voxels) of a job."""
+    img = read_job(job)
+    return img, img.get_fdata(dtype=np.float32)
+
+
 def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postprocess, overwrite, statistics,
-                 preview, written: list, before_segmenting=lambda: None) -> None:
+                 preview, written: list, before_segmenting=lambda: None, prefetched=None) -> None:
+    """One case; prefetched: a future of _read_volume(job) already under way (its errors raise here)."""
     t0 = time.perf_counter()
     log.say(f"{prefix}: reading {job.input}")
-    img = read_job(job)
-    volume = img.get_fdata(dtype=np.float32)
+    img, volume = prefetched.result() if prefetched is not None else _read_volume(job)
     zooms = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
     log.say(f"{prefix}: {'x'.join(map(str, volume.shape))} voxels of "
             f"{' x '.join(f'{z:.3g}' for z in zooms)} mm, read in {time.perf_counter() - t0:.1f} s")
