@@ -1,16 +1,17 @@
 """Serial inner loops shared by the convolution kernels (conv.py, winograd.py): copying a band of rows into
-a zero-padded scratch and back, and the 1x1-conv tile that is also the Winograd transform-domain product."""
+a zero-padded scratch and back (the 3x3 direct kernels), and the 1x1-conv tile that is also the Winograd
+transform-domain product."""
 
 from npunet.kernels._numba import helper
 
 
 @helper
-def load_rows(x, n, c, y0, nrows, Wp, xs):
-    """xs[r*Wp + 1 + j] = x[n, c, y0+r, j] for r in [0, nrows), j in [0, W); zero elsewhere: rows outside the
-    image, column 0 and columns W+1 .. Wp-1 of each row. x: (N, C, H, W), xs: flat, >= nrows*Wp, Wp >= W+2."""
+def load_band(x, n, c, y0, rows, xs):
+    """xs[r*(W+2) + 1 + j] = x[n, c, y0-1+r, j] for r in [0, rows+2); zero outside the image."""
     H, W = x.shape[2], x.shape[3]
-    for r in range(nrows):
-        iy = y0 + r
+    Wp = W + 2
+    for r in range(rows + 2):
+        iy = y0 - 1 + r
         base = r * Wp
         if iy < 0 or iy >= H:
             for j in range(Wp):
@@ -18,16 +19,9 @@ def load_rows(x, n, c, y0, nrows, Wp, xs):
         else:
             src = x[n, c, iy]
             xs[base] = 0.0
+            xs[base + Wp - 1] = 0.0
             for j in range(W):
                 xs[base + 1 + j] = src[j]
-            for j in range(W + 1, Wp):
-                xs[base + j] = 0.0
-
-
-@helper
-def load_band(x, n, c, y0, rows, xs):
-    """xs[r*(W+2) + 1 + j] = x[n, c, y0-1+r, j] for r in [0, rows+2); zero outside the image."""
-    load_rows(x, n, c, y0 - 1, rows + 2, x.shape[3] + 2, xs)
 
 
 @helper

@@ -30,7 +30,7 @@ import numpy as np
 from numba import prange
 
 from npunet.kernels._numba import as_f32, finish, helper, kernel, output
-from npunet.kernels._tiles import load_rows, pointwise_tile
+from npunet.kernels._tiles import pointwise_tile
 from npunet.kernels.norm import normalize_row
 from npunet.kernels.resample import bilinear_source_index, interp_row
 
@@ -75,52 +75,48 @@ def conv3x3_winograd_reference(x, w, out=None):
 # ---------------------------------------------------------------------------------------------------------
 
 @helper
-def _input_row(x, norm, up, n, c, iy, Wp, xs, rows, keys):
-    """Row iy of input channel c, zero-padded, into xs (zeros outside the image). The input is x (N, Cx, H, W)
-    - GroupNorm-ed and ReLU-ed as it is read when norm (N, Cx, 4) holds group_norm_coefficients, not when
-    norm has 0 channels - followed by the 2x bilinear upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1,
-    ly0, ly1, ix0, ix1, lx0, lx1): channel Cx + c' is row iy of upsample(low)[n, c'], the same float32
-    operations as resample._bilinear_kernel. rows: (2, W) source rows of low interpolated along W, source
-    row s kept in slot s % 2 and keys[s % 2] = s (the caller sets keys to -1 for each new channel), so that
-    consecutive output rows, which share source rows, interpolate each only once."""
+def _input_row(x, norm, up, n, c, iy, xs, rows, keys):
+    """Row iy of input channel c into xs[1:W+1] (zeros outside the image; the caller keeps xs's padding
+    columns at zero). The input is x (N, Cx, H, W) - GroupNorm-ed and ReLU-ed as it is read when norm
+    (N, Cx, 4) holds group_norm_coefficients, not when norm has 0 channels - followed by the 2x bilinear
+    upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1): channel Cx + c' is
+    row iy of upsample(low)[n, c'], the same float32 operations as resample._bilinear_kernel.
+    rows: (2, W) source rows of low interpolated along W, source row s kept in slot s % 2 and
+    keys[s % 2] = s (the caller sets keys to -1 for each new channel), so that consecutive output rows,
+    which share source rows, interpolate each only once."""
     Cx, H, W = x.shape[1], x.shape[2], x.shape[3]
-    if c < Cx and norm.shape[1] and 0 <= iy < H:          # normalised as it is copied; padding stays zero
-        k = norm[n, c]
-        normalize_row(x[n, c, iy], xs[1:W + 1], k[0], k[1], k[2], k[3], True)
-        xs[0] = 0.0
-        for j in range(W + 1, Wp):
-            xs[j] = 0.0
-        return
-    if c < Cx:
-        load_rows(x, n, c, iy, 1, Wp, xs)
-        return
+    dst = xs[1:W + 1]
     if iy < 0 or iy >= H:
-        for j in range(Wp):
-            xs[j] = 0.0
-        return
-    low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1 = up
-    for s in (iy0[iy], iy1[iy]):
-        if keys[s % 2] != s:
-            interp_row(low[n, c - Cx, s], ix0, ix1, lx0, lx1, rows[s % 2])
-            keys[s % 2] = s
-    a, b = rows[iy0[iy] % 2], rows[iy1[iy] % 2]
-    h0, h1 = ly0[iy], ly1[iy]
-    xs[0] = 0.0
-    for j in range(W):
-        xs[1 + j] = a[j] * h0 + b[j] * h1
-    for j in range(W + 1, Wp):
-        xs[j] = 0.0
+        for j in range(W):
+            dst[j] = 0.0
+    elif c < Cx and norm.shape[1]:
+        k = norm[n, c]
+        normalize_row(x[n, c, iy], dst, k[0], k[1], k[2], k[3], True)
+    elif c < Cx:
+        src = x[n, c, iy]
+        for j in range(W):
+            dst[j] = src[j]
+    else:
+        low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1 = up
+        for s in (iy0[iy], iy1[iy]):
+            if keys[s % 2] != s:
+                interp_row(low[n, c - Cx, s], ix0, ix1, lx0, lx1, rows[s % 2])
+                keys[s % 2] = s
+        a, b = rows[iy0[iy] % 2], rows[iy1[iy] % 2]
+        h0, h1 = ly0[iy], ly1[iy]
+        for j in range(W):
+            dst[j] = a[j] * h0 + b[j] * h1
 
 
 @helper
 def _input_tiles(x, norm, up, n, c, iy0, tile_rows, TW, v, k, xs, rows, keys, h):
     """v[4i+j, k, ty*TW + tx] = (B^T d B)[i, j] for every tile of a band of input channel c: the tiles d are
     4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of the input (_input_row).
-    xs: (2*TW + 2,) one padded row; h: (2, 4, (tile_rows+1)*TW), d B of the even and of the odd rows."""
-    Wp = 2 * TW + 2
+    xs: (2*TW + 2,) one padded row, its padding columns zero; h: (2, 4, (tile_rows+1)*TW), d B of the even
+    and of the odd rows."""
     keys[0] = keys[1] = -1
     for r in range(2 * tile_rows + 2):       # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        _input_row(x, norm, up, n, c, iy0 + r, Wp, xs, rows, keys)
+        _input_row(x, norm, up, n, c, iy0 + r, xs, rows, keys)
         h0, h1, h2, h3 = h[r % 2, 0, (r // 2) * TW:], h[r % 2, 1, (r // 2) * TW:], \
             h[r % 2, 2, (r // 2) * TW:], h[r % 2, 3, (r // 2) * TW:]
         for tx in range(TW):
@@ -181,7 +177,7 @@ def _winograd_kernel(x, norm, up, u, out, band_tiles):
         ty0 = (task % n_bands) * band_tiles
         tile_rows = min(band_tiles, TH - ty0)
         T = band_tiles * TW
-        xs = np.empty(2 * TW + 2, np.float32)
+        xs = np.zeros(2 * TW + 2, np.float32)                               # padding columns stay zero
         rows, keys = np.empty((2, W), np.float32), np.empty(2, np.int64)
         h = np.empty((2, 4, T + TW), np.float32)
         pq = np.empty((8, T), np.float32)
