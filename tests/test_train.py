@@ -216,3 +216,100 @@ def test_tiny_training_run_writes_a_convertible_checkpoint(data_dir, tmp_path):
     assert header["spec"] == ckpt["spec"]
     for name, value in ckpt["state_dict"].items():
         assert np.array_equal(tensors[name], value.numpy()), name
+
+
+# --------------------------------------------------------------------- sampling, zoom, resume --
+
+def test_organ_sampler_draws_rare_organs_as_often_as_common_ones():
+    presence = torch.zeros(100, C, dtype=torch.bool)
+    presence[:90, 1] = True                              # organ 1 on 90 slices, organ 2 on 10, 10 slices empty
+    presence[90:, 2] = True
+    presence[:, 0] = True
+    sampler = T.OrganSampler(presence, batch_size=8, seed=0, p_organ=1.0)
+    drawn = torch.cat([sampler.next_batch() for _ in range(500)])
+    share_rare = (drawn >= 90).float().mean().item()
+    print(f"organ sampler: share of slices with the rare organ {share_rare:.3f} (it is on 10 % of the slices)")
+    assert 0.45 < share_rare < 0.55
+    uniform = T.OrganSampler(presence, batch_size=8, seed=0, p_organ=0.0)
+    share_uniform = (torch.cat([uniform.next_batch() for _ in range(500)]) >= 90).float().mean().item()
+    assert 0.07 < share_uniform < 0.13
+
+
+def test_spacing_aware_zoom_brings_every_scan_to_the_drawn_pixel_size():
+    cfg = {**T.AUGMENT_DEFAULTS, "zoom_mm": [2.0, 2.0]}
+    params = T.sample_augment_params(3, torch.Generator().manual_seed(0), cfg=cfg,
+                                     mm_per_pixel=torch.tensor([1.0, 2.0, 4.0]))
+    assert torch.allclose(params["scale"], torch.tensor([0.5, 1.0, 2.0]))   # a 1 mm pixel shrinks by half
+    with pytest.raises(ValueError, match="mm_per_pixel"):
+        T.sample_augment_params(3, cfg=cfg)
+
+
+def test_translate_moves_image_and_labels_by_the_given_fraction():
+    x = torch.zeros(1, 3, 64, 64)
+    y = torch.zeros(1, 64, 64, dtype=torch.long)
+    x[..., 28:36, 28:36] = 1.0
+    y[..., 28:36, 28:36] = 4
+    p = T.identity_augment_params(1)
+    p["translate"] = torch.tensor([[0.5, -0.25]])        # +0.5 half-width along W, -0.25 along H
+    xa, ya = T.augment_batch(x, y, params=p)
+    cols = torch.nonzero(ya[0] == 4)
+    assert cols[:, 1].float().mean().item() == pytest.approx(31.5 + 16, abs=0.6)
+    assert cols[:, 0].float().mean().item() == pytest.approx(31.5 - 8, abs=0.6)
+    assert torch.equal(xa[0, 0] > 0.5, ya[0] == 4)
+
+
+def test_dataset_records_pixel_size_and_organ_presence(data_dir):
+    ds = T.build_dataset(data_dir, ["ts_chest"], verbose=False)
+    assert torch.allclose(ds["mm_per_pixel"], torch.full((20,), 512 * 0.9766 / 192), rtol=1e-3)
+    for i in range(20):
+        assert ds["presence"][i].tolist() == [bool((ds["labels"][i] == k).any()) for k in range(C)]
+
+
+def _tiny_run(data_dir, out, *extra):
+    return T.main(["--data", str(data_dir), "--cases", "ts_chest,amos_0013", "--epochs", "2", "--steps-per-epoch",
+                   "3", "--batch-size", "2", "--device", "cpu", "--threads", "2", "--sampling", "organs",
+                   "--zoom-mm", "0.85", "3.0", "--translate", "0.1", "--output", str(out), *extra])
+
+
+def test_resumed_run_gives_the_weights_of_an_uninterrupted_run(data_dir, tmp_path):
+    assert _tiny_run(data_dir, tmp_path / "whole") == 0
+    assert _tiny_run(data_dir, tmp_path / "parts", "--run-steps", "4") == 0
+    part = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
+    assert part["complete"] is False and part["train_state"]["step"] == 4
+    with pytest.raises(SystemExit, match="differs from the resumed run"):
+        T.main(["--resume", str(tmp_path / "parts"), "--sampling", "uniform"])
+    assert T.main(["--resume", str(tmp_path / "parts"), "--threads", "2"]) == 0
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
+    assert a["complete"] and b["complete"]
+    diff = max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
+    print(f"resumed vs uninterrupted: max |diff| of the weights {diff:.1e}")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+    def losses(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+    assert losses("whole") == losses("parts") and len(losses("whole")) == 2
+
+
+def test_sigterm_checkpoints_and_exits_143(data_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    cmd = [sys.executable, str(T.REPO / "tools" / "train.py"), "--data", str(data_dir), "--cases", "ts_chest",
+           "--epochs", "1", "--steps-per-epoch", "100000", "--batch-size", "2", "--device", "cpu",
+           "--threads", "1", "--output", str(tmp_path / "run")]
+    import os
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:                              # wait until the training loop is about to start
+        if "steps/epoch" in line:
+            break
+    import time
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["complete"] is False and ckpt["train_state"]["step"] >= 1
+    assert "--resume" in err and "Traceback" not in err

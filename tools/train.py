@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,12 @@ __all__ = ["build_dataset", "marginal_dice_ce_loss", "augment_batch", "sample_au
 
 AUGMENT_DEFAULTS = {
     "p_affine": 0.8,            # per sample: random scale and rotation (about the slice centre)
-    "scale": [0.8, 1.2],        # zoom factor, uniform (> 1 enlarges the anatomy)
+    "scale": [0.8, 1.2],        # zoom factor, uniform (> 1 enlarges the anatomy); unused with zoom_mm
+    "zoom_mm": None,            # [lo, hi]: spacing-aware zoom, on every sample: each slice is zoomed so that
+                                # one network pixel covers a size drawn log-uniformly in [lo, hi] mm, whatever
+                                # the scan's own spacing and field of view (None: the plain "scale" range)
+    "translate": 0.0,           # per sample: random shift, uniform in +-(translate + the margin a zoomed-out
+                                # slice leaves), in units of the half-width
     "rotate_deg": 15.0,         # rotation angle, uniform in [-15, 15] degrees
     "p_elastic": 0.5,           # per sample: smooth random displacement field
     "elastic_grid": 5,          # control points per side of the coarse random grid
@@ -174,6 +180,9 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
         images   (N, 3, S, S) float32   prepare_slices output, exactly npunet's inference input
         labels   (N, S, S)    uint8     label slices through the same window, nearest resize
         known    (N, num_classes) bool  per slice: background and the organs its case annotates
+        presence (N, num_classes) bool  per slice: the labels it shows (for organ-balanced sampling)
+        mm_per_pixel (N,) float32       in-plane size of one network pixel in mm (padded side x spacing / S),
+                                        for the spacing-aware zoom
         case_index (N,) int64           index into `cases`
     plus "cases", "annotated" {case: [organ ids]}, "labels" {id: name}, "slices" {case: count}.
     Voxels of an organ the case does not annotate (e.g. marked --unknown) are set to 0 in `labels`: in the
@@ -184,7 +193,7 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
     if max(names) >= num_classes:
         raise SystemExit(f"train: dataset.json has label {max(names)} but the network has {num_classes} classes")
     size = int(params["input_size"])
-    images, labels, known, case_index, annotated, counts = [], [], [], [], {}, {}
+    images, labels, known, case_index, mm_per_pixel, annotated, counts = [], [], [], [], [], {}, {}
     for ci, case in enumerate(cases):
         t0 = time.perf_counter()
         img, lab = load_case(data_dir, case)
@@ -201,7 +210,9 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
                 print(f"  {case}: labels {dropped} are not annotated here; their voxels count as unknown")
         view = canonical(img.get_fdata(dtype=np.float32), img.affine, params["orientation"])
         lview = canonical(lab, img.affine, params["orientation"])
-        nz = view.data.shape[2]
+        nx, ny, nz = view.data.shape
+        sx, sy, _ = canonical_spacing(img.affine, params["orientation"])
+        mm_per_pixel.append(torch.full((nz,), square_window(nx, ny).side * math.sqrt(sx * sy) / size))
         for start in range(0, nz, chunk):
             zs = list(range(start, min(start + chunk, nz)))
             x, _ = prepare_slices(view.data, zs, params)
@@ -215,13 +226,34 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
         case_index.append(torch.full((nz,), ci, dtype=torch.int64))
         counts[case] = nz
         if verbose:
-            print(f"  {case}: {nz} slices of {tuple(view.data.shape[:2])}, organs {organs} "
-                  f"({time.perf_counter() - t0:.1f} s)")
+            print(f"  {case}: {nz} slices of {(nx, ny)}, {mm_per_pixel[-1][0]:.2f} mm per network pixel, "
+                  f"organs {organs} ({time.perf_counter() - t0:.1f} s)")
+    labels = torch.cat(labels)
     return {
-        "images": torch.cat(images), "labels": torch.cat(labels), "known": torch.cat(known).clone(),
-        "case_index": torch.cat(case_index), "cases": list(cases), "annotated": annotated,
+        "images": torch.cat(images), "labels": labels, "known": torch.cat(known).clone(),
+        "case_index": torch.cat(case_index), "mm_per_pixel": torch.cat(mm_per_pixel).float(),
+        "presence": organ_presence(labels, num_classes), "cases": list(cases), "annotated": annotated,
         "label_names": names, "slices": counts,
     }
+
+
+def canonical_spacing(affine: np.ndarray, orientation: str = "RAS") -> tuple[float, float, float]:
+    """Voxel sizes in mm along the axes of canonical(volume, affine, orientation).data."""
+    zooms = nib.affines.voxel_sizes(affine)
+    start = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(start, nib.orientations.axcodes2ornt(tuple(orientation)))
+    out = [0.0, 0.0, 0.0]
+    for axis, (new_axis, _) in enumerate(transform):
+        out[int(new_axis)] = float(zooms[axis])
+    return tuple(out)
+
+
+def organ_presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) label slices -> (N, num_classes) bool: which labels each slice shows."""
+    flat = labels.reshape(labels.shape[0], -1).long()
+    counts = torch.zeros(labels.shape[0], num_classes, dtype=torch.int64)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    return counts > 0
 
 
 # ------------------------------------------------------------------------------------------- loss --
@@ -279,13 +311,14 @@ def identity_augment_params(n: int, device="cpu", cfg: dict = AUGMENT_DEFAULTS) 
     """Parameters under which augment_batch returns its input (up to bilinear rounding, ~1e-6)."""
     g = int(cfg["elastic_grid"])
     one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
-    return {"scale": one, "angle": zero, "elastic": torch.zeros(n, 2, g, g, device=device),
-            "mult": one, "shift": zero, "gamma": one}
+    return {"scale": one, "angle": zero, "translate": torch.zeros(n, 2, device=device),
+            "elastic": torch.zeros(n, 2, g, g, device=device), "mult": one, "shift": zero, "gamma": one}
 
 
 def sample_augment_params(n: int, generator: torch.Generator | None = None, device="cpu",
-                          cfg: dict = AUGMENT_DEFAULTS) -> dict:
-    """Random per-sample parameters; a sample skips a transform (gets its identity value) with 1 - p."""
+                          cfg: dict = AUGMENT_DEFAULTS, mm_per_pixel: torch.Tensor | None = None) -> dict:
+    """Random per-sample parameters; a sample skips a transform (gets its identity value) with 1 - p.
+    mm_per_pixel (n,): each sample's own pixel size, needed by the spacing-aware zoom (cfg["zoom_mm"])."""
     def u(lo, hi):
         return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
 
@@ -300,9 +333,19 @@ def sample_augment_params(n: int, generator: torch.Generator | None = None, devi
     g = int(cfg["elastic_grid"])
     field = cfg["elastic_sigma"] * torch.randn(n, 2, g, g, generator=generator, device=device)
     lo, hi = cfg["gamma"]
+    if cfg.get("zoom_mm"):
+        if mm_per_pixel is None or mm_per_pixel.shape != (n,):
+            raise ValueError(f"the spacing-aware zoom needs mm_per_pixel of shape ({n},)")
+        target = torch.exp(u(*(math.log(v) for v in cfg["zoom_mm"])))        # mm per network pixel
+        scale = mm_per_pixel.to(device=device, dtype=target.dtype) / target
+    else:
+        scale = torch.where(aff, u(*cfg["scale"]), ident["scale"])
+    reach = float(cfg.get("translate", 0.0)) + (1.0 - scale).clamp(min=0.0)
+    translate = (2 * torch.rand(n, 2, generator=generator, device=device) - 1) * reach[:, None]
     return {
-        "scale": torch.where(aff, u(*cfg["scale"]), ident["scale"]),
+        "scale": scale,
         "angle": torch.where(aff, u(-1.0, 1.0) * math.radians(cfg["rotate_deg"]), ident["angle"]),
+        "translate": translate,
         "elastic": field * ela[:, None, None, None],
         "mult": torch.where(inten, u(*cfg["mult"]), ident["mult"]),
         "shift": torch.where(inten, u(-cfg["shift"], cfg["shift"]), ident["shift"]),
@@ -311,12 +354,13 @@ def sample_augment_params(n: int, generator: torch.Generator | None = None, devi
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
-                  generator: torch.Generator | None = None, cfg: dict = AUGMENT_DEFAULTS):
+                  generator: torch.Generator | None = None, cfg: dict = AUGMENT_DEFAULTS,
+                  mm_per_pixel: torch.Tensor | None = None):
     """x: (N, 3, H, W) float normalised image in [0, 1]; y: (N, H, W) int labels -> augmented (x, y), same
     shapes and dtypes, on x's device. params: from sample_augment_params (drawn here when None).
 
-    Spatial: one sampling grid per sample = affine (zoom by `scale` about the centre, rotate by `angle`)
-    plus an elastic displacement (the coarse (g x g) random field upsampled bicubically to H x W), applied
+    Spatial: one sampling grid per sample = affine (zoom by `scale` about the centre, rotate by `angle`,
+    then shift the result by `translate`, in units of the half-width) plus an elastic displacement (the coarse (g x g) random field upsampled bicubically to H x W), applied
     by F.grid_sample (align_corners=False, zero padding: 0 is air in the image and background in the
     labels) with mode bilinear for the image and nearest for the labels, so label values stay in the set.
     Intensity, on the normalised image: x -> x ** gamma (contrast), then x * mult + shift.
@@ -324,11 +368,13 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
     """
     n, _, h, w = x.shape
     if params is None:
-        params = sample_augment_params(n, generator, x.device, cfg)
+        params = sample_augment_params(n, generator, x.device, cfg, mm_per_pixel)
     cos, sin = torch.cos(params["angle"]), torch.sin(params["angle"])
     inv = 1.0 / params["scale"]
-    theta = torch.stack([torch.stack([cos * inv, -sin * inv, torch.zeros_like(cos)], 1),
-                         torch.stack([sin * inv, cos * inv, torch.zeros_like(cos)], 1)], 1)   # (N, 2, 3)
+    rot = torch.stack([torch.stack([cos * inv, -sin * inv], 1), torch.stack([sin * inv, cos * inv], 1)], 1)
+    # grid_sample reads the input at rot @ p + t for output point p; content moves by d when t = -rot @ d
+    t = -(rot @ params["translate"].to(rot.dtype)[:, :, None])
+    theta = torch.cat([rot, t], 2)                                                              # (N, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), [n, 1, h, w], align_corners=False)                # (N, H, W, 2)
     field = params["elastic"]
     if bool((field != 0).any()):
@@ -350,71 +396,200 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    """An endless stream of index batches: consecutive random permutations of range(n), cut in batches."""
-    buf = torch.empty(0, dtype=torch.int64)
-    while True:
-        while len(buf) < batch_size:
-            buf = torch.cat([buf, torch.randperm(n, generator=generator)])
-        yield buf[:batch_size]
-        buf = buf[batch_size:]
+class UniformSampler:
+    """Batches of slice indices: consecutive random permutations of range(n), cut in batches (every slice
+    once per pass). Its whole state is the generator's and the unused rest of the current permutation."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buffer = torch.empty(0, dtype=torch.int64)
+
+    def next_batch(self) -> torch.Tensor:
+        while len(self.buffer) < self.batch_size:
+            self.buffer = torch.cat([self.buffer, torch.randperm(self.n, generator=self.generator)])
+        batch, self.buffer = self.buffer[:self.batch_size], self.buffer[self.batch_size:]
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "buffer": self.buffer.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.buffer = state["buffer"].clone()
 
 
-def train(dataset: dict, spec: dict, *, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
-          weight_decay: float = 1e-4, steps_per_epoch: int | None = None, augment: bool = True,
-          augment_cfg: dict = AUGMENT_DEFAULTS, device="cpu", seed: int = 0, on_epoch=None):
-    """Train a fresh build_model(spec) on `dataset` (from build_dataset). Returns (model, history).
+class OrganSampler:
+    """Organ-balanced batches: each sample is, with probability p_organ, a slice that shows an organ drawn
+    uniformly from the organs the training slices show (so the adrenals, on a few percent of the slices,
+    come as often as the liver), otherwise a uniformly random slice (background-only slices included).
 
-    steps_per_epoch defaults to ceil(N / batch_size), one pass over the N slices; batches are consecutive
-    random permutations. AdamW, cosine annealing of the lr from `lr` to 0 over epochs * steps_per_epoch
-    steps (stepped per batch). on_epoch(record, model) is called after every epoch with the record
-    {"epoch", "steps", "loss", "dice", "ce", "lr", "seconds"} (means over the epoch's steps; lr of its last
-    step).
+    presence: (N, C) bool from organ_presence (column 0, background, is ignored)."""
+
+    def __init__(self, presence: torch.Tensor, batch_size: int, seed: int, p_organ: float = 0.5):
+        self.n, self.batch_size, self.p_organ = presence.shape[0], batch_size, float(p_organ)
+        self.slices_of = [torch.nonzero(presence[:, k]).flatten() for k in range(1, presence.shape[1])
+                          if bool(presence[:, k].any())]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> torch.Tensor:
+        g = self.generator
+        out = torch.randint(self.n, (self.batch_size,), generator=g)
+        by_organ = torch.rand(self.batch_size, generator=g) < self.p_organ
+        organs = torch.randint(max(1, len(self.slices_of)), (self.batch_size,), generator=g)
+        picks = torch.rand(self.batch_size, generator=g)
+        for i in torch.nonzero(by_organ & (len(self.slices_of) > 0)).flatten().tolist():
+            members = self.slices_of[int(organs[i])]
+            out[i] = members[min(int(picks[i] * len(members)), len(members) - 1)]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+SAMPLERS = ("uniform", "organs")
+
+
+class Trainer:
+    """A fresh build_model(spec) trained on `dataset` (from build_dataset), one step at a time, with every
+    piece of state a resumed run needs in state_dict(): model, AdamW, the cosine schedule, the sampler's and
+    the augmentation's random streams, torch's global stream, the step count and the running sums. A run
+    stopped after any step and resumed from state_dict() does, on the CPU with the same thread count, exactly
+    what the uninterrupted run does (tests/test_train.py checks the final weights are equal).
+
+    The recipe: AdamW (lr, weight_decay), lr cosine-annealed per step from lr to 0 over
+    epochs * steps_per_epoch steps; steps_per_epoch defaults to ceil(N / batch_size) (an epoch is then one
+    pass over the N slices; it is only the logging unit when the sampler is "organs"); each batch drawn by
+    the sampler, augmented (augment_batch with augment_cfg) and scored by marginal_dice_ce_loss.
     """
-    seed_everything(seed)
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True    # fixed shapes: let cuDNN pick the fastest kernels
-    model = build_model(spec).to(device)
-    images = dataset["images"].to(device)
-    labels = dataset["labels"].to(device)
-    known = dataset["known"].to(device)
-    n = images.shape[0]
-    if n == 0:
-        raise ValueError("the dataset has no slices")
-    steps = steps_per_epoch or math.ceil(n / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
-    order_gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    stream = _batches(n, batch_size, order_gen)
-    history = []
-    model.train()
-    for epoch in range(1, epochs + 1):
+
+    def __init__(self, dataset: dict, spec: dict, *, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, steps_per_epoch: int | None = None, augment: bool = True,
+                 augment_cfg: dict = AUGMENT_DEFAULTS, sampling: str = "uniform", p_organ: float = 0.5,
+                 device="cpu", seed: int = 0):
+        if sampling not in SAMPLERS:
+            raise ValueError(f"sampling {sampling!r} is not one of {SAMPLERS}")
+        seed_everything(seed)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True    # fixed shapes: let cuDNN pick the fastest kernels
+        self.model = build_model(spec).to(self.device)
+        self.images = dataset["images"].to(self.device)
+        self.labels = dataset["labels"].to(self.device)
+        self.known = dataset["known"].to(self.device)
+        self.mm_per_pixel = dataset.get("mm_per_pixel")
+        n = self.images.shape[0]
+        if n == 0:
+            raise ValueError("the dataset has no slices")
+        self.augment, self.augment_cfg = augment, augment_cfg
+        self.steps_per_epoch = steps_per_epoch or math.ceil(n / batch_size)
+        self.epochs = epochs
+        self.total_steps = epochs * self.steps_per_epoch
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, self.total_steps))
+        self.sampler = (UniformSampler(n, batch_size, seed) if sampling == "uniform"
+                        else OrganSampler(dataset["presence"], batch_size, seed, p_organ))
+        self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.step = 0
+        self.history: list[dict] = []
+        self.sums = torch.zeros(3, dtype=torch.float64)      # loss, dice, ce over the current epoch's steps
+        self.epoch_seconds = 0.0
+
+    def train_step(self) -> float:
+        """One batch: sample, augment, forward, loss, backward, AdamW step, lr step. Returns the loss."""
         t0 = time.perf_counter()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
-        for _ in range(steps):
-            idx = next(stream).to(device)
-            x, y, k = images[idx], labels[idx].long(), known[idx]
-            if augment:
-                x, y = augment_batch(x, y, generator=aug_gen, cfg=augment_cfg)
-            loss, dice, ce = marginal_dice_ce_loss(model(x), y, k)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            lr_used = opt.param_groups[0]["lr"]
-            opt.step()
-            sched.step()
-            sums += torch.stack([loss.detach(), dice.detach(), ce.detach()]).double()
-        means = (sums / steps).tolist()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        record = {"epoch": epoch, "steps": steps, "loss": round(means[0], 6), "dice": round(means[1], 6),
-                  "ce": round(means[2], 6), "lr": float(lr_used),
-                  "seconds": round(time.perf_counter() - t0, 3)}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record, model)
-    return model, history
+        self.model.train()
+        idx = self.sampler.next_batch().to(self.device)
+        x, y, k = self.images[idx], self.labels[idx].long(), self.known[idx]
+        if self.augment:
+            mm = self.mm_per_pixel[idx.cpu()] if self.mm_per_pixel is not None else None
+            x, y = augment_batch(x, y, generator=self.aug_gen, cfg=self.augment_cfg, mm_per_pixel=mm)
+        loss, dice, ce = marginal_dice_ce_loss(self.model(x), y, k)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self.sums += torch.stack([loss.detach(), dice.detach(), ce.detach()]).double().cpu()
+        self.epoch_seconds += time.perf_counter() - t0
+        if self.step % self.steps_per_epoch == 0:
+            means = (self.sums / self.steps_per_epoch).tolist()
+            self.history.append({"epoch": self.step // self.steps_per_epoch, "steps": self.steps_per_epoch,
+                                 "loss": round(means[0], 6), "dice": round(means[1], 6), "ce": round(means[2], 6),
+                                 "lr": float(self.sched.get_last_lr()[0]), "seconds": round(self.epoch_seconds, 3)})
+            self.sums.zero_()
+            self.epoch_seconds = 0.0
+        return loss.item()
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "sampler": self.sampler.state_dict(),
+                "augment_generator": self.aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": list(self.history), "sums": self.sums.clone(), "epoch_seconds": self.epoch_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.aug_gen.set_state(state["augment_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        self.sums = state["sums"].clone()
+        self.epoch_seconds = float(state["epoch_seconds"])
+
+
+def train(dataset: dict, spec: dict, *, on_epoch=None, **recipe):
+    """Train to the end in one go (see Trainer for the recipe arguments). Returns (model, history);
+    on_epoch(record, model) is called after every epoch with the record {"epoch", "steps", "loss", "dice",
+    "ce", "lr", "seconds"} (means over the epoch's steps; lr after its last step)."""
+    trainer = Trainer(dataset, spec, **recipe)
+    while not trainer.done:
+        trainer.train_step()
+        if on_epoch is not None and trainer.step % trainer.steps_per_epoch == 0:
+            on_epoch(trainer.history[-1], trainer.model)
+    return trainer.model, trainer.history
+
+
+class Progress:
+    """A one-line progress bar on stderr (step, epoch, loss, speed, ETA), redrawn in place on a terminal and
+    printed as a plain line every `every` seconds otherwise (a log file stays readable)."""
+
+    def __init__(self, total: int, start: int, steps_per_epoch: int, stream=None, every: float = 60.0):
+        self.total, self.start, self.steps_per_epoch = total, start, steps_per_epoch
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = every if not self.tty else 0.5
+        self.t0 = self.last = time.perf_counter()
+        self.recent: list[float] = []
+
+    def update(self, step: int, loss: float) -> None:
+        self.recent = (self.recent + [loss])[-50:]
+        now = time.perf_counter()
+        if now - self.last < self.every and step < self.total:
+            return
+        self.last = now
+        rate = (now - self.t0) / max(1, step - self.start)                  # seconds per step in this run
+        eta = rate * (self.total - step)
+        width = 24
+        filled = int(width * step / self.total)
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] step {step}/{self.total} "
+                f"epoch {math.ceil(step / self.steps_per_epoch)}/{math.ceil(self.total / self.steps_per_epoch)} "
+                f"loss {sum(self.recent) / len(self.recent):.4f} {rate:.2f} s/step "
+                f"ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=self.stream, flush=True)
 
 
 # ---------------------------------------------------------------------------------------- predict --
@@ -478,14 +653,20 @@ def _plain(v):
     return v
 
 
+# The options that define what is trained; a resumed run takes them from its checkpoint.
+RECIPE_OPTIONS = ("data", "cases", "holdout", "unknown", "spec", "epochs", "steps_per_epoch", "batch_size", "lr",
+                  "weight_decay", "no_augment", "scale", "zoom_mm", "translate", "sampling", "p_organ", "seed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tools/train.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="The recommended run on the three TotalSegmentator cases (the abdomen case leaves the esophagus "
-               "empty; dataset.json's note says to treat it as unknown):\n"
-               "  python tools/train.py --unknown ts_abdomen:esophagus\n"
-               "Then: python tools/convert.py runs/<stamp>/checkpoint.pt -o weights/dsconv_eca_unet.npuw")
+        epilog="The shipped recipe (weights/MODEL_CARD.md) on every case of the data folder:\n"
+               "  python tools/train.py --output runs/all8\n"
+               "Stop it at any time (Ctrl-C, or SIGTERM): it checkpoints and says how to go on. Resume with:\n"
+               "  python tools/train.py --resume runs/all8\n"
+               "Then: python tools/convert.py runs/all8/checkpoint.pt -o weights/dsconv_eca_unet.npuw")
     d = p.add_argument_group("data")
     d.add_argument("--data", type=Path, default=default_data_dir(), metavar="DIR",
                    help="FLARE-layout folder with imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz and "
@@ -496,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--holdout", default=None, metavar="CASE",
                    help="leave CASE out of training; afterwards segment it with the trained model (npunet's "
                         "preprocessing, bilinear logit upsampling, argmax, closing) and write "
-                        "OUTPUT/pred/CASE.nii.gz plus a quick per-organ Dice against its label")
+                        "OUTPUT/pred/CASE.nii.gz plus a quick per-organ Dice against its label "
+                        "(tools/cv.py scores held-out cases with npunet segment + npunet evaluate instead)")
     d.add_argument("--unknown", action="append", default=[], metavar="CASE:LABEL[,LABEL...]",
                    help="mark organs (by number or name) as unknown in CASE, on top of dataset.json's "
                         "'annotated' lists: the marginal loss then never teaches them as background there. "
@@ -505,38 +687,114 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--spec", default="dsconv_eca_unet", metavar="NAME|JSON",
                    help="architecture: a built-in spec name or a spec JSON file (default: %(default)s)")
     m.add_argument("--epochs", type=int, default=100, metavar="N",
-                   help="epochs; one epoch is one pass over all training slices (default: %(default)s)")
+                   help="epochs; one epoch is one pass over all training slices, or --steps-per-epoch "
+                        "batches (default: %(default)s)")
     m.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
-                   help="batches per epoch instead of ceil(slices / batch size) (for quick runs and tests)")
+                   help="batches per epoch instead of ceil(slices / batch size): fixes the number of steps "
+                        "whatever the number of slices (cross-validation folds)")
     m.add_argument("--batch-size", type=int, default=8, metavar="N", help="slices per batch (default: %(default)s)")
     m.add_argument("--lr", type=float, default=1e-3,
                    help="AdamW peak learning rate, cosine-annealed to 0 over all steps (default: %(default)s)")
     m.add_argument("--weight-decay", type=float, default=1e-4, metavar="WD", help="AdamW weight decay (default: %(default)s)")
+    m.add_argument("--sampling", choices=SAMPLERS, default="uniform",
+                   help="uniform: every slice once per epoch; organs: with probability --p-organ a slice "
+                        "showing an organ drawn uniformly from the organs, else a random slice "
+                        "(default: %(default)s)")
+    m.add_argument("--p-organ", type=float, default=0.5, metavar="P",
+                   help="share of organ-drawn samples with --sampling organs (default: %(default)s)")
     m.add_argument("--no-augment", action="store_true",
                    help="train without augmentation (default: random scale 0.8-1.2, rotation +-15 deg, "
                         "elastic, intensity shift/scale and gamma; never a left-right flip)")
     m.add_argument("--scale", type=float, nargs=2, default=AUGMENT_DEFAULTS["scale"], metavar=("LO", "HI"),
-                   help="range of the random zoom factor (default: %(default)s); widen it (e.g. 0.6 1.6) when "
-                        "the training cases have very different fields of view")
+                   help="range of the random zoom factor, whatever the scan's spacing (default: %(default)s); "
+                        "replaced by --zoom-mm when that is given")
+    m.add_argument("--zoom-mm", type=float, nargs=2, default=AUGMENT_DEFAULTS["zoom_mm"], metavar=("LO", "HI"),
+                   help="spacing-aware zoom: every sample is zoomed so that one network pixel covers LO..HI mm "
+                        "(log-uniform), so a 0.57 mm and a 3 mm scan both show organs at realistic sizes "
+                        "(default: off)")
+    m.add_argument("--translate", type=float, default=AUGMENT_DEFAULTS["translate"], metavar="T",
+                   help="random shift of up to T half-widths, plus the margin a zoomed-out slice leaves "
+                        "(default: %(default)s)")
     m.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed for python, numpy and torch (init, batch order, augmentation) (default: %(default)s)")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device: cpu, cuda or cuda:N (default: cuda if available, else cpu; now %(default)s)")
     r.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch.set_num_threads for CPU work (default: torch's choice)")
+                   help="torch.set_num_threads for CPU work (default: torch's choice). A resumed run equals an "
+                        "uninterrupted one when both use the same device and thread count")
     r.add_argument("--output", type=Path, default=None, metavar="DIR",
-                   help="output folder for checkpoint.pt (rewritten after every epoch), log.jsonl and pred/ "
-                        "(default: runs/<timestamp> in the repository)")
+                   help="output folder for checkpoint.pt, log.jsonl and pred/ (default: runs/<timestamp> in "
+                        "the repository)")
+    r.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="go on with the run in DIR from its checkpoint.pt, with the recipe stored there "
+                        "(recipe options given again must agree with it)")
+    r.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="MIN",
+                   help="write checkpoint.pt at least every MIN minutes, at every epoch's end and at exit "
+                        "(default: %(default)s)")
+    r.add_argument("--run-steps", type=int, default=None, metavar="N",
+                   help="stop after N steps in this run (checkpointed; --resume goes on): train in slices")
     return p
 
 
-def main(argv=None) -> int:
+class StopRequest:
+    """SIGINT / SIGTERM while training: remember the signal and let the current step finish, so the run
+    can checkpoint and exit cleanly (128 + signal number, the shell's convention)."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; with --resume, the recipe comes from the checkpoint (what is given again must agree)."""
     args = build_parser().parse_args(argv)
+    if args.resume is None:
+        return args
+    path = Path(args.resume) / "checkpoint.pt"
+    if not path.is_file():
+        raise SystemExit(f"train: --resume {args.resume}: no checkpoint.pt there")
+    saved = torch.load(path, map_location="cpu", weights_only=True)["config"].get("recipe")
+    if saved is None:
+        raise SystemExit(f"train: {path} holds no recipe to resume (written by an older train.py)")
+    explicit = build_parser()                               # the same options, without defaults: what was given
+    for action in explicit._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(explicit.parse_args(argv))
+    for key in RECIPE_OPTIONS:
+        if key in given and _plain(given[key]) != saved.get(key):
+            raise SystemExit(f"train: --{key.replace('_', '-')} {_plain(given[key])!r} differs from the resumed "
+                             f"run's {saved.get(key)!r}; leave it out to resume")
+        setattr(args, key, Path(saved[key]) if key == "data" else saved.get(key))
+    args.output = Path(args.resume)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.epochs < 1 or args.batch_size < 1 or (args.steps_per_epoch is not None and args.steps_per_epoch < 1):
         raise SystemExit("train: --epochs, --batch-size and --steps-per-epoch must be >= 1")
+    if args.run_steps is not None and args.run_steps < 1:
+        raise SystemExit("train: --run-steps must be >= 1")
+    if not 0.0 <= args.p_organ <= 1.0:
+        raise SystemExit(f"train: --p-organ {args.p_organ} is not in [0, 1]")
+    if args.zoom_mm is not None and not 0 < args.zoom_mm[0] <= args.zoom_mm[1]:
+        raise SystemExit(f"train: --zoom-mm {args.zoom_mm} must be 0 < LO <= HI")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("train: --device cuda but torch sees no CUDA device; use --device cpu")
     meta = read_dataset_json(args.data)
@@ -555,50 +813,83 @@ def main(argv=None) -> int:
     params = dict(DEFAULT_PREPROCESSING)
     out_dir = args.output or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl"
+    if args.resume is None and ckpt_path.exists():
+        raise SystemExit(f"train: {ckpt_path} exists; resume it with --resume {out_dir}, or choose another --output")
 
     print(f"train: cases {cases} from {args.data}" + (f", holdout {args.holdout}" if args.holdout else ""))
     dataset = build_dataset(args.data, cases, params, unknown, num_classes=spec["num_classes"])
     n = dataset["images"].shape[0]
-    steps = args.steps_per_epoch or math.ceil(n / args.batch_size)
-    augment_cfg = {**AUGMENT_DEFAULTS, "scale": list(args.scale)}
-    config = {**{k: _plain(v) for k, v in vars(args).items()},
-              "output": str(out_dir), "spec_name": spec.get("name"), "num_slices": n,
+    augment_cfg = {**AUGMENT_DEFAULTS, "scale": list(args.scale), "translate": float(args.translate),
+                   "zoom_mm": list(args.zoom_mm) if args.zoom_mm is not None else None}
+    trainer = Trainer(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
+                      augment=not args.no_augment, augment_cfg=augment_cfg, sampling=args.sampling,
+                      p_organ=args.p_organ, device=args.device, seed=args.seed)
+    config = {**{k: _plain(v) for k, v in vars(args).items() if k not in ("resume", "output")},
+              "recipe": {k: _plain(getattr(args, k)) for k in RECIPE_OPTIONS}, "output": str(out_dir), "spec_name": spec.get("name"), "num_slices": n,
               "slices_per_case": dataset["slices"], "annotated": {c: v for c, v in dataset["annotated"].items()},
-              "unknown": unknown, "steps_per_epoch": steps, "total_steps": steps * args.epochs,
+              "unknown": unknown, "steps_per_epoch": trainer.steps_per_epoch, "total_steps": trainer.total_steps,
               "optimizer": "AdamW", "schedule": "cosine annealing per step to 0",
               "loss": "marginal CE + batch soft Dice over annotated organs (background excluded)",
               "augmentation": augment_cfg if not args.no_augment else None,
-              "torch_version": str(torch.__version__), "epochs_done": 0}
-    print(f"train: {n} slices, {steps} steps/epoch x {args.epochs} epochs, batch {args.batch_size}, "
-          f"device {args.device}, torch threads {torch.get_num_threads()}; output {out_dir}")
-    log_path = out_dir / "log.jsonl"
-    log_path.write_text("")
+              "torch_version": str(torch.__version__), "epochs_done": 0, "train_seconds": 0.0}
+    if args.resume is not None:
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if saved.get("train_state") is None:
+            raise SystemExit(f"train: {ckpt_path} holds no training state (written by an older train.py)")
+        trainer.load_state_dict(saved["train_state"])
+        config.update({k: saved["config"][k] for k in ("epochs_done", "train_seconds", "torch_version")
+                       if k in saved["config"]})
+        print(f"train: resuming {out_dir} at step {trainer.step} of {trainer.total_steps}")
+    else:
+        log_path.write_text("")
+    print(f"train: {n} slices, {trainer.steps_per_epoch} steps/epoch x {args.epochs} epochs, batch "
+          f"{args.batch_size}, sampling {args.sampling}, device {args.device}, torch threads "
+          f"{torch.get_num_threads()}; output {out_dir}")
+
+    seconds_before = float(config["train_seconds"])
     t_start = time.perf_counter()
 
-    def checkpoint(model):
-        return {"spec": spec, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "config": config, "cases": list(cases), "labels": dict(names), "preprocessing": params}
+    def checkpoint():
+        config["epochs_done"] = trainer.step // trainer.steps_per_epoch
+        config["train_seconds"] = round(seconds_before + time.perf_counter() - t_start, 1)
+        _save_checkpoint(ckpt_path, {
+            "spec": spec, "state_dict": {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()},
+            "config": config, "cases": list(cases), "labels": dict(names), "preprocessing": params,
+            "train_state": trainer.state_dict(), "complete": trainer.done})
 
-    def on_epoch(record, model):
-        line = json.dumps(record)
-        print(line, flush=True)
-        with log_path.open("a") as f:
-            f.write(line + "\n")
-        config["epochs_done"] = record["epoch"]
-        config["train_seconds"] = round(time.perf_counter() - t_start, 1)
-        _save_checkpoint(out_dir / "checkpoint.pt", checkpoint(model))
-
-    model, _ = train(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
-                     augment=not args.no_augment, augment_cfg=augment_cfg, device=args.device, seed=args.seed,
-                     on_epoch=on_epoch)
-    print(f"train: wrote {out_dir / 'checkpoint.pt'} ({time.perf_counter() - t_start:.1f} s of training)")
+    progress = Progress(trainer.total_steps, trainer.step, trainer.steps_per_epoch)
+    last_saved, steps_this_run = time.perf_counter(), 0
+    with StopRequest() as stop:
+        while not trainer.done and stop.signum is None:
+            loss = trainer.train_step()
+            steps_this_run += 1
+            progress.update(trainer.step, loss)
+            end_of_epoch = trainer.step % trainer.steps_per_epoch == 0
+            if end_of_epoch:
+                line = json.dumps(trainer.history[-1])
+                with log_path.open("a") as f:
+                    f.write(line + "\n")
+            if end_of_epoch or time.perf_counter() - last_saved > 60 * args.checkpoint_minutes:
+                checkpoint()
+                last_saved = time.perf_counter()
+            if args.run_steps is not None and steps_this_run >= args.run_steps:
+                break
+        progress.close()
+        checkpoint()
+    if not trainer.done:
+        why = f"stopped by signal {stop.signum}" if stop.signum else f"stopped after --run-steps {args.run_steps}"
+        print(f"train: {why} at step {trainer.step} of {trainer.total_steps}; checkpoint written. Go on with:\n"
+              f"  python tools/train.py --resume {out_dir}", file=sys.stderr)
+        return 128 + stop.signum if stop.signum else 0
+    print(f"train: wrote {ckpt_path} ({config['train_seconds']:.1f} s of training in all)")
 
     if args.holdout:
         case = args.holdout
         t0 = time.perf_counter()
         img, gt = load_case(args.data, case)
-        pred = predict_volume(model, img.get_fdata(dtype=np.float32), img.affine, params, args.device)
+        pred = predict_volume(trainer.model, img.get_fdata(dtype=np.float32), img.affine, params, args.device)
         path = write_labels(pred, img, out_dir / "pred" / f"{case}.nii.gz", overwrite=True, label_names=names)
         organs = annotated_organs(case, meta, unknown)
         scores = dice_per_organ(pred, gt, organs)

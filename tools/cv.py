@@ -1,0 +1,206 @@
+"""Leave-one-patient-out cross-validation of a training recipe: the judge of every recipe change.
+
+    python tools/cv.py --output runs/cv -- --sampling organs --zoom-mm 0.85 3.0 --epochs 20 --steps-per-epoch 100
+
+For each fold (by default the five abdominal cases ts_abdomen, ts_chest, tsds_s0009, amos_0001, amos_0013)
+the recipe after `--` is trained by tools/train.py on every other case of the data folder (so ts_cta and
+the neck cases always train), the checkpoint is converted by tools/convert.py, and the held-out scan is
+scored exactly as a user would score it: `npunet segment` with those weights, then `npunet evaluate`
+against its label (the FLARE DSC and NSD). The result is a per-organ table of DSC and NSD per fold and the
+mean over the folds where the organ is labelled and present (OUTPUT/cv_table.md, OUTPUT/cv.json).
+
+Resumable: each fold keeps its state in OUTPUT/fold_CASE/; run the same command again and it goes on from
+where it stopped (a fold's interrupted training resumes from its checkpoint, a finished fold is reused).
+Ctrl-C or SIGTERM stop the running fold's training cleanly (it checkpoints).
+
+An organ is left out of a fold's scores when the held-out case does not annotate it (dataset.json's
+"annotated", plus the `--unknown CASE:ORGAN` given to the recipe), and counted as absent when its label is
+empty there: the FLARE score of an absent organ is 1 if nothing is predicted and 0 otherwise, which says
+nothing about segmenting it, so those go into a separate false-positive column instead of the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from npunet.labels import LABELS  # noqa: E402
+from tools.train import (annotated_organs, default_data_dir, label_names, parse_unknown,  # noqa: E402
+                         read_dataset_json)
+
+ABDOMINAL_CASES = ("ts_abdomen", "ts_chest", "tsds_s0009", "amos_0001", "amos_0013")
+ORGANS = [k for k in sorted(LABELS) if k != 0]
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run cmd, forwarding SIGINT/SIGTERM to it (training checkpoints on either); its exit code."""
+    child = subprocess.Popen(cmd)
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def fold_state(fold_dir: Path) -> str:
+    """'new', 'partial' or 'trained', from the fold's checkpoint."""
+    ckpt = fold_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        return "new"
+    import torch
+    return "trained" if torch.load(ckpt, map_location="cpu", weights_only=True).get("complete") else "partial"
+
+
+def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[str], threads: int | None) -> dict:
+    """Train (or resume) the fold that holds `case` out, then segment and evaluate it; its evaluate JSON."""
+    fold_dir = out / f"fold_{case}"
+    state = fold_state(fold_dir)
+    train = [sys.executable, str(REPO / "tools" / "train.py")] + (["--threads", str(threads)] if threads else [])
+    if state == "new":
+        training = [c for c in cases if c != case]
+        code = run_child(train + ["--data", str(data), "--cases", ",".join(training), "--output", str(fold_dir)]
+                         + recipe)
+    elif state == "partial":
+        code = run_child(train + ["--resume", str(fold_dir)])
+    else:
+        code = 0
+    if code != 0 or fold_state(fold_dir) != "trained":
+        raise SystemExit(f"cv: fold {case}: training stopped (exit code {code}); run the same command to go on")
+
+    weights = fold_dir / "fold.npuw"
+    pred = fold_dir / "pred" / f"{case}.nii.gz"
+    result = fold_dir / "evaluate.json"
+    if not result.is_file() or result.stat().st_mtime < (fold_dir / "checkpoint.pt").stat().st_mtime:
+        from tools.convert import convert
+        convert(fold_dir / "checkpoint.pt", weights)
+        npunet = [sys.executable, "-m", "npunet"]
+        t0 = time.perf_counter()
+        steps = [npunet + ["segment", str(data / "imagesTr" / f"{case}_0000.nii.gz"), "-o", str(pred),
+                           "--weights", str(weights), "--overwrite", "--quiet"],
+                 npunet + ["evaluate", str(pred), str(data / "labelsTr" / f"{case}.nii.gz"), "--json", str(result)]]
+        for cmd in steps:
+            if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+                raise SystemExit(f"cv: fold {case}: {' '.join(cmd[2:4])} failed")
+        print(f"cv: fold {case}: segmented and evaluated ({time.perf_counter() - t0:.1f} s)", flush=True)
+    return json.loads(result.read_text())
+
+
+def organ_status(case: str, data: Path, meta: dict, unknown: dict, pred_path: Path) -> dict[int, str]:
+    """Per organ in the held-out case: 'scored' (labelled and present), 'absent' (labelled, empty in the
+    ground truth; 'absent, predicted' when the prediction has it) or 'unlabelled'."""
+    gt = np.asarray(nib.load(str(data / "labelsTr" / f"{case}.nii.gz")).dataobj)
+    pred = np.asarray(nib.load(str(pred_path)).dataobj)
+    in_gt, in_pred = set(np.unique(gt).tolist()), set(np.unique(pred).tolist())
+    annotated = set(annotated_organs(case, meta, unknown))
+    out = {}
+    for k in ORGANS:
+        if k not in annotated:
+            out[k] = "unlabelled"
+        elif k in in_gt:
+            out[k] = "scored"
+        else:
+            out[k] = "absent, predicted" if k in in_pred else "absent"
+    return out
+
+
+def summarise(folds: dict[str, dict], status: dict[str, dict[int, str]]) -> dict:
+    """{organ: {"folds": {case: {"DSC", "NSD"} | status}, "mean": {"DSC", "NSD", "n"}, "false_positive":
+    "k of m"}} plus the mean over organs of the per-organ means."""
+    table = {}
+    for k in ORGANS:
+        name = LABELS[k]
+        per_fold, dsc, nsd, fp, absent = {}, [], [], 0, 0
+        for case, result in folds.items():
+            s = status[case][k]
+            if s == "scored":
+                score = result["cases"][case][name]
+                per_fold[case] = score
+                if not math.isnan(score["DSC"]):
+                    dsc.append(score["DSC"])
+                    nsd.append(score["NSD"])
+            else:
+                per_fold[case] = s
+                absent += s.startswith("absent")
+                fp += s == "absent, predicted"
+        mean = {"DSC": round(float(np.mean(dsc)), 4) if dsc else None,
+                "NSD": round(float(np.mean(nsd)), 4) if nsd else None, "n": len(dsc)}
+        table[name] = {"folds": per_fold, "mean": mean, "false_positive": f"{fp} of {absent}"}
+    means = [v["mean"] for v in table.values() if v["mean"]["DSC"] is not None]
+    overall = {m: round(float(np.mean([v[m] for v in means])), 4) for m in ("DSC", "NSD")}
+    return {"organs": table, "mean_over_organs": overall}
+
+
+def markdown(summary: dict, cases: list[str]) -> str:
+    head = "| organ | " + " | ".join(f"{c} DSC / NSD" for c in cases) + " | mean DSC / NSD (n) | predicted where absent |"
+    lines = [head, "|" + "---|" * (len(cases) + 3)]
+    for name, row in summary["organs"].items():
+        cells = []
+        for c in cases:
+            v = row["folds"][c]
+            cells.append(f"{v['DSC']:.3f} / {v['NSD']:.3f}" if isinstance(v, dict) else v)
+        m = row["mean"]
+        mean = f"**{m['DSC']:.3f}** / {m['NSD']:.3f} ({m['n']})" if m["DSC"] is not None else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {row['false_positive']} |")
+    o = summary["mean_over_organs"]
+    lines.append(f"| **mean over organs** | " + " | ".join("" for _ in cases) + f" | **{o['DSC']:.3f}** / "
+                 f"{o['NSD']:.3f} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    recipe = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="tools/cv.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--output", type=Path, required=True, metavar="DIR", help="folder of the folds and the table")
+    p.add_argument("--data", type=Path, default=default_data_dir(), metavar="DIR",
+                   help="FLARE-layout data folder (default: $NPUNET_DATA or ../shared/data; now %(default)s)")
+    p.add_argument("--folds", default=",".join(ABDOMINAL_CASES), metavar="CASE[,CASE...]",
+                   help="the held-out cases, one fold each (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads for training")
+    args = p.parse_args(own)
+    if "--cases" in recipe or "--holdout" in recipe or "--output" in recipe or "--resume" in recipe:
+        raise SystemExit("cv: the recipe after -- must not choose --cases, --holdout, --output or --resume")
+    from tools.train import list_cases
+    cases = list_cases(args.data)
+    folds = [c.strip() for c in args.folds.split(",") if c.strip()]
+    missing = [c for c in folds if c not in cases]
+    if missing:
+        raise SystemExit(f"cv: no image+label for folds {missing} in {args.data}")
+    meta = read_dataset_json(args.data)
+    unknown = parse_unknown([recipe[i + 1] for i, a in enumerate(recipe[:-1]) if a == "--unknown"],
+                            label_names(meta))
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "recipe.json").write_text(json.dumps({"folds": folds, "recipe": recipe, "data": str(args.data),
+                                                          "command": " ".join(sys.argv)}, indent=1) + "\n")
+    results, status = {}, {}
+    for case in folds:
+        print(f"cv: fold {case} ({folds.index(case) + 1} of {len(folds)})", flush=True)
+        results[case] = run_fold(case, cases, args.data, args.output, recipe, args.threads)
+        status[case] = organ_status(case, args.data, meta, unknown, args.output / f"fold_{case}" / "pred" /
+                                    f"{case}.nii.gz")
+    summary = summarise(results, status)
+    table = markdown(summary, folds)
+    (args.output / "cv.json").write_text(json.dumps({"folds": folds, "recipe": recipe, **summary}, indent=1) + "\n")
+    (args.output / "cv_table.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
