@@ -1,6 +1,11 @@
 """The `npunet` command: segment, evaluate, summary. Each subcommand lives in its own module, which gives
 `add_arguments(parser)` and `run(args) -> exit code`; this file only dispatches and turns user errors into
-one-line messages with a non-zero exit code."""
+one-line messages with a non-zero exit code.
+
+stderr belongs to npunet: a user error is one line "npunet CMD: error: ..." and exit code 2 (a bad option
+too: no usage text around it); the libraries' own warnings and log lines are captured (npunet.third_party)
+and shown one line each only when the run succeeds; Ctrl-C and SIGTERM end with one line and exit 130 /
+143, temporary files removed (npunet.signals)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from npunet.errors import NpunetError
+from npunet.errors import NpunetError, Terminated
 
 COMMANDS = {
     "segment": ("npunet.segment_cli", "segment a CT (NIfTI file, DICOM folder, or folder of cases) into 13 organs"),
@@ -17,10 +22,24 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad option reported as one line (and exit code 2) instead of usage text + error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text) -> str:
+    """`text` on one line: line breaks and other control characters shown escaped (a file name may hold
+    them), so that an error is always exactly one line."""
+    text = str(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported for its options (None: all of them), so that
     `npunet segment` does not pay for importing evaluate's scipy.ndimage and surface tables (slow imports)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="npunet",
         description="NumPy + Numba CPU engine for the depthwise-separable ECA U-Net (abdominal CT, 13 organs).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,26 +54,41 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
+    command = command if command in COMMANDS else None
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        from npunet.third_party import captured
+        with captured(process=True) as notes:
+            code = int(importlib.import_module(args._module).run(args) or 0)
+        for note in notes.messages:        # the libraries' own words, one line each, after a run that ended
+            print(f"npunet {args.command}: warning: {one_line(note)}", file=sys.stderr)
+        return code
     except NpunetError as exc:
-        print(f"npunet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"npunet {command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"npunet {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        from npunet.signals import finish_interrupted
+        return finish_interrupted(exc, command)
 
 
 def console(argv: list[str] | None = None) -> int:
-    """The `npunet` console script: main(), then skip the interpreter's final garbage collection. Numba
-    leaves many compiler objects behind and collecting them made exit a noticeable part of a short run (see
-    the start-up figures in the README); gc.freeze() marks them permanent, so exit is immediate."""
-    code = main(argv)
+    """The `npunet` console script: signal handling first (npunet.signals), main(), then skip the
+    interpreter's final garbage collection. Numba leaves many compiler objects behind and collecting them
+    made exit a noticeable part of a short run (see the start-up figures in the README); gc.freeze() marks
+    them permanent, so exit is immediate."""
+    from npunet import signals
+    signals.install()
+    try:
+        code = main(argv)
+    except (KeyboardInterrupt, Terminated) as exc:      # one that came before main could handle it
+        return signals.finish_interrupted(exc, None)
+    except BrokenPipeError:                             # `npunet summary | head -1`: the reader has gone
+        signals.silence_stdout()
+        return 128 + 13
     import gc
     gc.freeze()
     return code

@@ -11,3 +11,16 @@ class InputError(NpunetError):
 
 class WeightsError(NpunetError):
     """A weights file that is missing, corrupted, or does not match its architecture."""
+
+
+class ResourceError(NpunetError):
+    """What was asked needs more memory than there is; the message gives both numbers and what to change."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP) arrived: unwinds like KeyboardInterrupt, so temporary files are removed on the way
+    out (npunet.signals turns the signal into this exception)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -15,8 +15,10 @@ import time
 
 import numpy as np
 
+from npunet.errors import NpunetError, ResourceError
 from npunet.kernels import upsample_argmax
-from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, prepare_slices
+from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, check_preprocessing, prepare_slices
+from npunet.resources import available_memory, format_bytes
 
 
 def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: int = 8,
@@ -24,16 +26,25 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
     """(X, Y, Z) HU volume with its affine -> uint8 labels of the same shape, in the same array order.
 
     progress(done, total) is called after each batch of slices; `timings`, if given, receives the seconds
-    spent per stage ("preprocess", "network", "upsample_argmax", "postprocess").
+    spent per stage ("preprocess", "network", "upsample_argmax", "postprocess"). The batch is at most the
+    number of slices; the memory it needs is checked against what is available before anything is
+    allocated (ResourceError naming the largest batch that fits), the model's preprocessing values are
+    checked (npunet.preprocess.check_preprocessing), and NaN/Inf logits stop the run (NpunetError) rather
+    than being turned into labels.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    params = {**DEFAULT_PREPROCESSING, **getattr(model, "preprocessing", {})}
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise NpunetError(f"the batch size must be an integer >= 1, got {batch_size!r}")
+    spec = getattr(model, "spec", None)
+    params = check_preprocessing({**DEFAULT_PREPROCESSING, **getattr(model, "preprocessing", {})},
+                                 "the model's preprocessing", NpunetError,
+                                 in_channels=spec["in_channels"] if spec else None)
     clock = timings if timings is not None else {}
     for stage in ("preprocess", "network", "upsample_argmax", "postprocess"):
         clock.setdefault(stage, 0.0)
     view = canonical(volume_hu, affine, params["orientation"])
     nx, ny, nz = view.data.shape
+    batch_size = min(int(batch_size), nz)
+    check_batch_memory((nx, ny, nz), batch_size, params, spec)
     labels = np.empty((nz, nx, ny), dtype=np.uint8)          # slice-major while filling
     for start in range(0, nz, batch_size):
         zs = np.arange(start, min(start + batch_size, nz))
@@ -41,6 +52,9 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
         x, win = prepare_slices(view.data, zs, params)
         t1 = time.perf_counter()
         logits = model(x)
+        if not np.isfinite(logits.sum()):      # NaN/Inf anywhere (weights that overflow): never argmax them
+            raise NpunetError(f"the network produced NaN or Inf logits for slices {zs[0]}..{zs[-1]}: the weights "
+                              f"overflow on this input (are they broken?)")
         t2 = time.perf_counter()
         labels[zs] = upsample_argmax(logits, win.side, win.side, win.y0, win.x0, win.height, win.width)
         t3 = time.perf_counter()
@@ -56,6 +70,37 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
         out = close_labels(out, radius=int(params["closing_radius"]))
         clock["postprocess"] += time.perf_counter() - t0
     return out
+
+
+def batch_memory(shape: tuple[int, int, int], params: dict, spec: dict | None) -> tuple[int, int]:
+    """(fixed bytes, bytes per slice of batch) that segment_array allocates for a canonical volume of
+    `shape` = (X, Y, Z): the label volume (twice: slice-major, then back in the input's order, plus the
+    closing's masks), and per slice the 2.5D slab, its normalised copy, the padded square, the resized
+    input, the network's layer outputs (npunet.spec.activation_elements), the logits and the labels. The
+    2*context_slices extra slices a batch reads count as fixed."""
+    nx, ny, nz = shape
+    side, size, context = max(nx, ny), int(params["input_size"]), int(params["context_slices"])
+    channels, classes = (spec["in_channels"], spec["num_classes"]) if spec else (2 * context + 1, 14)
+    slab = 4 * (2 * nx * ny + side * side + size * size)                # one slice through steps 2-5
+    from npunet.spec import activation_elements
+    network = 4 * (activation_elements(spec, size, size) if spec else 0)
+    per_slice = slab + 4 * channels * size * size + network + 4 * classes * size * size + nx * ny
+    return 2 * context * slab + 3 * nx * ny * nz, per_slice
+
+
+def check_batch_memory(shape: tuple[int, int, int], batch: int, params: dict, spec: dict | None) -> None:
+    """ResourceError, with the numbers and the largest batch that fits, when segmenting a canonical volume
+    of `shape` `batch` slices at a time needs more memory than is available (see batch_memory)."""
+    fixed, per_slice = batch_memory(shape, params, spec)
+    need, available = fixed + batch * per_slice, available_memory()
+    if available is None or need <= available:
+        return
+    fits = (available - fixed) // per_slice
+    advice = (f"use a batch size of {fits} or less (--batch-size)" if 1 <= fits < batch
+              else "the slices are too large for this machine")
+    raise ResourceError(f"segmenting {'x'.join(map(str, shape))} voxels {batch} slice{'s' * (batch > 1)} at a "
+                        f"time ({format_bytes(per_slice)} per slice) needs {format_bytes(need)} of memory, "
+                        f"{format_bytes(available)} is available; {advice}")
 
 
 def warm_up(model) -> None:

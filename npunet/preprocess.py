@@ -16,9 +16,12 @@ Steps (parameters come from the weights file, see DEFAULT_PREPROCESSING):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import permutations, product
 
 import nibabel as nib
 import numpy as np
+
+from npunet.schema import Bool, Int, Num, Obj, Opt, Str, validate
 
 DEFAULT_PREPROCESSING = {
     "orientation": "RAS",
@@ -31,6 +34,42 @@ DEFAULT_PREPROCESSING = {
     "resize": "bilinear, align_corners=False, no antialias",
     "closing_radius": 1,
 }
+RESIZE = DEFAULT_PREPROCESSING["resize"]
+AXCODES = tuple("".join(a if s else b for (a, b), s in zip(axes, signs))
+                for axes in permutations((("R", "L"), ("A", "P"), ("S", "I")))
+                for signs in product((True, False), repeat=3))          # "RAS", "LPS", "ASR", ... (48)
+PREPROCESSING_SCHEMA = Obj({
+    "orientation": Opt(Str(AXCODES), default=DEFAULT_PREPROCESSING["orientation"]),
+    "context_slices": Opt(Int(0, 8), default=DEFAULT_PREPROCESSING["context_slices"]),
+    "hu_min": Opt(Num(-10000, 40000), default=DEFAULT_PREPROCESSING["hu_min"]),
+    "hu_max": Opt(Num(-10000, 40000), default=DEFAULT_PREPROCESSING["hu_max"]),
+    "pad_to_square": Opt(Bool(), default=True),
+    "pad_value": Opt(Num(-1e6, 1e6), default=DEFAULT_PREPROCESSING["pad_value"]),
+    "input_size": Opt(Int(16, 2048), default=DEFAULT_PREPROCESSING["input_size"]),
+    "resize": Opt(Str((RESIZE,)), default=RESIZE),
+    "closing_radius": Opt(Int(0, 5), default=DEFAULT_PREPROCESSING["closing_radius"]),
+})
+
+
+def check_preprocessing(params, what: str, error: type[Exception], in_channels: int | None = None,
+                        downsampling: int | None = None) -> dict:
+    """The pipeline parameters checked (PREPROCESSING_SCHEMA: types, ranges, known keys; then an HU window of
+    at least 1 HU, padding to square, 2*context_slices+1 == the network's in_channels, input_size a multiple
+    of its downsampling); returns them complete (defaults filled in) or raises error(one line)."""
+    params = validate(params, PREPROCESSING_SCHEMA, what, error)
+    if params["hu_max"] - params["hu_min"] < 1:
+        raise error(f"{what}: the HU window [{params['hu_min']:g}, {params['hu_max']:g}] is empty or inverted "
+                    f"(hu_max must exceed hu_min by at least 1)")
+    if not params["pad_to_square"]:
+        raise error(f"{what}: pad_to_square false is not supported (npunet always pads slices to a square)")
+    channels = 2 * params["context_slices"] + 1
+    if in_channels is not None and channels != in_channels:
+        raise error(f"{what}: context_slices {params['context_slices']} gives {channels} input channels, the "
+                    f"network takes {in_channels}")
+    if downsampling is not None and params["input_size"] % downsampling:
+        raise error(f"{what}: input_size {params['input_size']} is not a multiple of {downsampling}, the "
+                    f"network's downsampling")
+    return params
 
 
 @dataclass

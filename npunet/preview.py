@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 from nibabel import orientations
 
-from npunet.io.nifti import atomic_write
+from npunet.publish import atomic_write
 
 WINDOW_HU = (-160.0, 240.0)  # abdomen soft-tissue window: level 40, width 400
 ALPHA = 0.45
@@ -143,12 +143,13 @@ def encode_png(rgb: np.ndarray) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def write_preview(volume_hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
+def write_preview(volume_hu: np.ndarray, labels: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
+                  overwrite: bool = True) -> None:
     """Render the preview of `labels` over `volume_hu` (both (X, Y, Z) on `affine`'s grid) to a PNG file,
-    written to a temporary name and renamed into place."""
+    written to a temporary name and published (overwrite=False: exclusively; see npunet.publish)."""
     png = encode_png(render_preview(volume_hu, labels, affine))
 
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(png)
-    atomic_write(path, write)
+    atomic_write(path, write, overwrite=overwrite)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +26,10 @@ import numpy as np
 from npunet.errors import InputError, NpunetError
 from npunet.io.cases import Job, plan_jobs, read_job
 from npunet.statistics import label_counts
-from npunet.io.nifti import (check_output_path, hu_range_warning, labels_image, labels_json_path, sidecar_path,
-                             validate_image, write_labels)
+from npunet.io.nifti import (check_output_path, labels_image, labels_json_path, sidecar_path, validate_image,
+                             write_labels)
+from npunet.io.validate import image_warnings, orientation_affine, parse_axcodes
+from npunet.publish import unpublish
 
 EPILOG = """\
 outputs (beside OUTPUT, for CASE.nii.gz):
@@ -40,7 +43,12 @@ examples:
   npunet segment dicom/series_folder/ -o out/ --statistics --preview
   npunet segment imagesTs/ -o predictions/ --threads 8      (CASE_0000.nii.gz -> predictions/CASE.nii.gz)
 
-exit codes: 0 success; 1 some cases of a folder failed; 2 bad input, weights or output (nothing written).
+a header without orientation (qform and sform codes 0) is refused unless --assume-orientation says how the
+voxel axes run (e.g. RAS: i to the right, j anterior, k superior; LPS: left, posterior, superior); the output
+keeps the input's header as it is.
+
+exit codes: 0 success; 1 some cases of a folder failed; 2 bad input, weights or output (nothing written);
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): temporary files are removed either way.
 """
 
 
@@ -71,13 +79,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "blended in")
     p.add_argument("--quiet", action="store_true",
                    help="no progress messages (warnings, errors and a folder's failure summary still show)")
+    p.add_argument("--assume-orientation", metavar="AXES", type=_axcodes, default=None,
+                   help="for a NIfTI header without orientation (qform and sform codes 0, otherwise refused): "
+                        "how its voxel axes run, as three axis codes (RAS, LPS, LAS, ...); ignored, with a "
+                        "warning, for images whose header has its own orientation")
+
+
+def _axcodes(text: str) -> str:
+    try:
+        return parse_axcodes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     results, batch = segment(args.input, args.output, weights=args.weights, threads=args.threads,
                              batch_size=args.batch_size, postprocess=not args.no_postprocess,
                              overwrite=args.overwrite, statistics=args.statistics, preview=args.preview,
-                             quiet=args.quiet, return_mode=True)
+                             quiet=args.quiet, return_mode=True, assume_orientation=args.assume_orientation)
     failed = [r for r in results if not r.ok]
     if batch and (failed or not args.quiet):
         names = f" ({', '.join(r.case for r in failed)})" if failed else ""
@@ -105,22 +124,22 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
 # ------------------------------------------------------------------------------------------ Python API --
 
 def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postprocess: bool = True,
-                  progress=None):
+                  progress=None, assume_orientation: str | None = None):
     """A nibabel CT image (3D, HU) -> a uint8 label image with the input's shape, affine and qform/sform.
 
     model: a loaded network (default: load `weights`, or the default weights). Raises InputError for images
-    that cannot be segmented (2D, several volumes, NaN/Inf, ...); warns (UserWarning) when the intensities do
-    not look like Hounsfield units.
+    that cannot be segmented (2D, several volumes, NaN/Inf, no orientation without `assume_orientation`,
+    ...); warns (UserWarning) when the intensities do not look like Hounsfield units, and for the other
+    warnings of npunet.io.validate.image_warnings.
     """
-    ct = validate_image(img, "image")
+    ct = validate_image(img, "image", assume_orientation)
     volume = ct.get_fdata(dtype=np.float32)
-    message = hu_range_warning(volume)
-    if message:
+    for message in image_warnings(ct, volume, assume_orientation):
         warnings.warn(message, stacklevel=2)
     if model is None:
         model = load_model(weights)
-    labels = segment_array(volume, ct.affine, model, batch_size=batch_size, postprocess=postprocess,
-                           progress=progress)
+    labels = segment_array(volume, orientation_affine(ct, assume_orientation), model, batch_size=batch_size,
+                           postprocess=postprocess, progress=progress)
     _check_labels(labels, volume.shape)
     return labels_image(labels, ct)
 
@@ -148,15 +167,21 @@ def output_files(output: str | os.PathLike, statistics: bool = False, preview: b
 
 def segment(input_path, output_path, *, weights=None, model=None, threads: int | None = None,
             batch_size: int = 8, postprocess: bool = True, overwrite: bool = False, statistics: bool = False,
-            preview: bool = False, quiet: bool = True, return_mode: bool = False):
+            preview: bool = False, quiet: bool = True, return_mode: bool = False,
+            assume_orientation: str | None = None):
     """`npunet segment` as a function; returns a list of CaseResult (with return_mode: (results, is_folder)).
 
     Raises NpunetError, before any output is written, for a bad INPUT/OUTPUT pair, bad options, bad output
     paths or bad weights; for a single image, also for a bad image. For a folder of cases, a bad case is
     recorded in its CaseResult (ok=False, error=message) and the other cases still run.
     """
-    if batch_size is None or int(batch_size) < 1:
-        raise NpunetError(f"--batch-size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise NpunetError(f"--batch-size must be an integer of at least 1, got {batch_size}")
+    if assume_orientation is not None:
+        try:
+            assume_orientation = parse_axcodes(assume_orientation)
+        except ValueError as exc:
+            raise NpunetError(f"--assume-orientation: {exc}") from None
     jobs = plan_jobs(input_path, output_path)
     batch = Path(input_path).is_dir() and jobs[0].kind == "nifti"
     log = _Log(quiet)
@@ -174,9 +199,7 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         raise InputError(problems[0] + more)
 
     # The first image is read (decompressed, mostly outside the GIL) while Numba and the weights load.
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npunet-read")
-    first_read = reader.submit(_read_volume, jobs[0])
-    reader.shutdown(wait=False)
+    first_read = _in_background(_read_volume, jobs[0], assume_orientation)
     _set_threads(threads)
     if model is None:
         log.say(f"loading weights {weights or '(default)'}")
@@ -193,11 +216,12 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         try:
             _segment_job(job, model, label_names, log, prefix, batch_size=batch_size, postprocess=postprocess,
                          overwrite=overwrite, statistics=statistics, preview=preview, written=result.written,
-                         before_segmenting=warm_up.join, prefetched=first_read if i == 1 else None)
+                         before_segmenting=warm_up.join, prefetched=first_read if i == 1 else None,
+                         assume_orientation=assume_orientation)
             result.ok = True
         except BaseException as exc:
-            for p in result.written:  # a failed (or interrupted) case leaves nothing behind
-                Path(p).unlink(missing_ok=True)
+            for p in result.written:  # a failed (or interrupted) case leaves nothing of its own behind
+                unpublish(p)
             result.written.clear()
             if not batch or not isinstance(exc, Exception):
                 raise
@@ -208,29 +232,45 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     return (results, batch) if return_mode else results
 
 
-def _read_volume(job: Job):
+def _read_volume(job: Job, assume_orientation: str | None = None):
     """(image, float32 voxels) of a job."""
-    img = read_job(job)
+    img = read_job(job, assume_orientation)
     return img, img.get_fdata(dtype=np.float32)
 
 
+def _in_background(function, *args) -> Future:
+    """function(*args) in a daemon thread, as a Future: an interrupted run exits without waiting for it."""
+    future: Future = Future()
+
+    def work():
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:      # raised again by future.result() in the caller's thread
+            future.set_exception(exc)
+    threading.Thread(target=work, name="npunet-read", daemon=True).start()
+    return future
+
+
 def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postprocess, overwrite, statistics,
-                 preview, written: list, before_segmenting=lambda: None, prefetched=None) -> None:
+                 preview, written: list, before_segmenting=lambda: None, prefetched=None,
+                 assume_orientation: str | None = None) -> None:
     """One case; prefetched: a future of _read_volume(job) already under way (its errors raise here)."""
     t0 = time.perf_counter()
     log.say(f"{prefix}: reading {job.input}")
-    img, volume = prefetched.result() if prefetched is not None else _read_volume(job)
-    zooms = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+    img, volume = prefetched.result() if prefetched is not None else _read_volume(job, assume_orientation)
+    affine = orientation_affine(img, assume_orientation)      # the header's, or the assumed one
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     log.say(f"{prefix}: {'x'.join(map(str, volume.shape))} voxels of "
             f"{' x '.join(f'{z:.3g}' for z in zooms)} mm, read in {time.perf_counter() - t0:.1f} s")
-    message = hu_range_warning(volume)
-    if message:
+    for message in image_warnings(img, volume, assume_orientation):
         print(f"npunet segment: {job.case}: warning: {message}", file=sys.stderr)
 
     before_segmenting()
     t1 = time.perf_counter()
     timings: dict = {}
-    labels = segment_array(volume, img.affine, model, batch_size=batch_size, postprocess=postprocess,
+    labels = segment_array(volume, affine, model, batch_size=batch_size, postprocess=postprocess,
                            progress=log.progress(f"{prefix}: segmenting"), timings=timings)
     log.end_progress()
     _check_labels(labels, volume.shape)
@@ -238,20 +278,20 @@ def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postp
     log.say(f"{prefix}: segmented in {time.perf_counter() - t1:.1f} s" + (f" ({detail})" if detail else ""))
 
     files = output_files(job.output, statistics, preview)
+    written += [files["labels"], files["names"]]           # taken back on failure only if still ours
     write_labels(labels, img, files["labels"], overwrite=overwrite, label_names=label_names)
-    written += [files["labels"], files["names"]]
     found = int(np.count_nonzero(label_counts(labels)[1:]))
     log.say(f"{prefix}: wrote {files['labels']} ({found} organs found)")
     if statistics:
         from npunet.statistics import organ_statistics, write_statistics
-        rows = organ_statistics(labels, volume, img.affine, label_names)
+        rows = organ_statistics(labels, volume, affine, label_names)
         written += [files["statistics_csv"], files["statistics_json"]]
-        write_statistics(rows, files["statistics_csv"], files["statistics_json"])
+        write_statistics(rows, files["statistics_csv"], files["statistics_json"], overwrite=overwrite)
         log.say(f"{prefix}: wrote {files['statistics_csv']} and .json")
     if preview:
         from npunet.preview import write_preview
         written.append(files["preview"])
-        write_preview(volume, labels, img.affine, files["preview"])
+        write_preview(volume, labels, affine, files["preview"], overwrite=overwrite)
         log.say(f"{prefix}: wrote {files['preview']}")
     log.say(f"{prefix}: done in {time.perf_counter() - t0:.1f} s")
 

@@ -14,22 +14,48 @@ A spec:
                                   "num_convs": 2, "eca_kernel": k (optional)}
 Encoder stage i > 0 starts with a 2x2 max-pool; decoder stage j upsamples x2, concatenates
 [skip, upsampled] on channels, then runs its convs; a 1x1 head with bias gives the logits.
+
+Every spec, from a file or from a weights header, goes through `check_spec` (SPEC_SCHEMA: types, ranges,
+known keys, bounded sizes) before anything is built from it; a problem is a SpecError of one line.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from npunet.errors import NpunetError
+from npunet.schema import Bool, Int, List, Num, Obj, Opt, Str, parse_json, validate
 
 SPEC_FORMAT = "npunet-spec/1"
 SPEC_DIR = Path(__file__).parent / "specs"
 CONV_KINDS = ("conv3x3", "ds")
 UPSAMPLE_MODES = ("bilinear", "transpose")
+MAX_SPEC_BYTES = 2**20             # a spec is a few KB of JSON
+MAX_PARAMETERS = 64_000_000        # 256 MB of float32; the default network has 406,657
+
+_STAGE = Obj({
+    "conv": Str(CONV_KINDS),
+    "channels": Int(1, 4096),
+    "num_convs": Opt(Int(1, 8), default=2),
+    "eca_kernel": Opt(Int(1, 63, odd=True)),
+})
+SPEC_SCHEMA = Obj({
+    "format": Str((SPEC_FORMAT,)),
+    "name": Opt(Str(max_len=100), default="unnamed"),
+    "description": Opt(Str(max_len=2000)),
+    "in_channels": Int(1, 64),
+    "num_classes": Int(2, 256),                   # labels are written as uint8
+    "norm": Obj({"type": Str(("groupnorm",)), "groups": Int(1, 4096), "eps": Num(0.0, 1.0, above=True)}),
+    "depthwise_norm": Opt(Bool(), default=False),
+    "upsample": Obj({"mode": Str(UPSAMPLE_MODES), "align_corners": Opt(Bool(), default=False)}),
+    "encoder": List(_STAGE, 1, 8),
+    "decoder": List(_STAGE, 0, 7),
+})
 
 
-class SpecError(ValueError):
-    """A spec that does not describe a network npunet can build."""
+class SpecError(NpunetError, ValueError):
+    """A spec that does not describe a network npunet can build (one line, naming the key at fault)."""
 
 
 def builtin_spec_names() -> list[str]:
@@ -37,45 +63,55 @@ def builtin_spec_names() -> list[str]:
 
 
 def load_spec(name_or_path: str | Path) -> dict:
-    """A built-in spec by name (`dsconv_eca_unet`) or a JSON file by path, checked."""
+    """A built-in spec by name (`dsconv_eca_unet`) or a JSON file by path, checked (see check_spec)."""
     path = Path(name_or_path)
     if not path.suffix and (SPEC_DIR / f"{name_or_path}.json").exists():
         path = SPEC_DIR / f"{name_or_path}.json"
     if not path.exists():
         raise SpecError(f"no spec named {str(name_or_path)!r}: give a JSON file or one of {builtin_spec_names()}")
+    if not path.is_file():
+        raise SpecError(f"spec {path} is not a file (a folder or a device); give a JSON file")
     try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"spec {path} is not valid JSON: {exc}") from None
-    return check_spec(spec)
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec {path} is {size:,} bytes, more than the {MAX_SPEC_BYTES:,} a spec may have")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"spec {path} cannot be read ({exc.strerror or exc})") from None
+    return check_spec(parse_json(data, f"spec {path}", SpecError, MAX_SPEC_BYTES))
 
 
-def check_spec(spec: dict) -> dict:
-    """Return `spec` if it is well formed, else raise SpecError naming the first problem."""
-    def need(cond, msg):
-        if not cond:
-            raise SpecError(f"spec {spec.get('name', '?')!r}: {msg}")
-
-    need(isinstance(spec, dict), "must be a JSON object")
-    need(spec.get("format") == SPEC_FORMAT, f"format is {spec.get('format')!r}, expected {SPEC_FORMAT!r}")
-    for key in ("in_channels", "num_classes", "norm", "upsample", "encoder", "decoder"):
-        need(key in spec, f"missing key {key!r}")
-    need(spec["norm"].get("type") == "groupnorm", f"norm type {spec['norm'].get('type')!r} is not 'groupnorm'")
-    need(spec["upsample"].get("mode") in UPSAMPLE_MODES,
-         f"upsample mode {spec['upsample'].get('mode')!r} is not one of {UPSAMPLE_MODES}")
+def check_spec(spec) -> dict:
+    """`spec` checked against SPEC_SCHEMA (types, ranges, known keys) and for consistency (decoder stages,
+    GroupNorm groups dividing every normalised width, no ECA in the decoder, at most MAX_PARAMETERS
+    parameters); returns a copy with the defaults filled in, or raises SpecError naming the first problem."""
+    name = spec.get("name") if isinstance(spec, dict) else None
+    where = f"spec {name!r}" if isinstance(name, str) and name.isprintable() and len(name) <= 100 else "spec"
+    spec = validate(spec, SPEC_SCHEMA, where, SpecError)
     enc, dec = spec["encoder"], spec["decoder"]
-    need(len(enc) >= 1 and len(dec) == len(enc) - 1,
-         f"{len(enc)} encoder stages need {len(enc) - 1} decoder stages, got {len(dec)}")
+    if len(dec) != len(enc) - 1:
+        raise SpecError(f"{where}: {len(enc)} encoder stages need {len(enc) - 1} decoder stages, got {len(dec)}")
+    for j, st in enumerate(dec):
+        if st.get("eca_kernel") is not None:
+            raise SpecError(f"{where}: decoder[{j}]: ECA in the decoder is not supported")
     groups = spec["norm"]["groups"]
-    for where, stages in (("encoder", enc), ("decoder", dec)):
-        for i, st in enumerate(stages):
-            need(st.get("conv") in CONV_KINDS, f"{where}[{i}] conv {st.get('conv')!r} is not one of {CONV_KINDS}")
-            need(st["channels"] % groups == 0,
-                 f"{where}[{i}] has {st['channels']} channels, not divisible by {groups} groups")
-            need(st.get("num_convs", 2) >= 1, f"{where}[{i}] needs at least one conv")
-            k = st.get("eca_kernel")
-            need(k is None or (isinstance(k, int) and k % 2 == 1), f"{where}[{i}] eca_kernel {k!r} must be odd")
+    plan = _plan(spec)
+    for layer in plan:
+        if layer.op == "norm_relu" and layer.out_channels % groups:
+            raise SpecError(f"{where}: {layer.name} normalises {layer.out_channels} channels, not divisible by "
+                            f"{groups} groups")
+    params = sum(_numel(shape) for layer in plan for shape in layer_tensors(layer).values())
+    if params > MAX_PARAMETERS:
+        raise SpecError(f"{where}: {params:,} parameters, more than the {MAX_PARAMETERS:,} npunet accepts")
     return spec
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 @dataclass(frozen=True)
@@ -102,8 +138,11 @@ def _conv_unit(plan, prefix, kind, cin, cout, level, depthwise_norm):
 
 
 def layer_plan(spec: dict) -> list[Layer]:
-    """The forward pass as a flat list of layers, in execution order."""
-    check_spec(spec)
+    """The forward pass as a flat list of layers, in execution order (the spec is checked first)."""
+    return _plan(check_spec(spec))
+
+
+def _plan(spec: dict) -> list[Layer]:
     plan: list[Layer] = []
     dwn = bool(spec.get("depthwise_norm", False))
     channels = spec["in_channels"]
@@ -128,8 +167,6 @@ def layer_plan(spec: dict) -> list[Layer]:
             plan.append(Layer("upsample", f"decoder.{j}.up", channels, channels, level))
         plan.append(Layer("concat", f"decoder.{j}.concat", channels, skip + channels, level, ("skip", level)))
         channels = skip + channels
-        if st.get("eca_kernel"):
-            raise SpecError(f"decoder[{j}]: ECA in the decoder is not supported")
         for k in range(st.get("num_convs", 2)):
             _conv_unit(plan, f"decoder.{j}.convs.{k}", st["conv"], channels, st["channels"], level, dwn)
             channels = st["channels"]
@@ -155,6 +192,17 @@ def layer_tensors(layer: Layer) -> dict[str, tuple[int, ...]]:
     if layer.op == "head":
         return {f"{n}.weight": (co, ci, 1, 1), f"{n}.bias": (co,)}
     return {}
+
+
+BUFFERED_OPS = ("conv3x3", "depthwise", "pointwise", "maxpool", "transpose", "concat", "head")
+
+
+def activation_elements(spec: dict, height: int, width: int) -> int:
+    """The float32 values that the network's layer buffers hold per slice of (height, width): one output per
+    layer that writes a new array (GroupNorm+ReLU and ECA work in place; the bilinear upsample writes into
+    its concat's buffer). An upper bound: fused layers write less (npunet.network)."""
+    return sum(layer.out_channels * (height >> layer.scale) * (width >> layer.scale)
+               for layer in layer_plan(spec) if layer.op in BUFFERED_OPS)
 
 
 def expected_tensors(spec: dict) -> dict[str, tuple[int, ...]]:

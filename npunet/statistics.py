@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from npunet.io.nifti import atomic_write
+from npunet.publish import atomic_write, unpublish
 
 COLUMNS = ("label", "name", "voxels", "volume_ml", "mean_hu")
 
@@ -68,9 +68,11 @@ def organ_statistics(labels: np.ndarray, volume_hu: np.ndarray | None, affine: n
     return rows
 
 
-def write_statistics(rows: list[dict], csv_path: str | os.PathLike, json_path: str | os.PathLike) -> None:
+def write_statistics(rows: list[dict], csv_path: str | os.PathLike, json_path: str | os.PathLike,
+                     overwrite: bool = True) -> None:
     """Write rows as CSV (columns label,name,voxels,volume_ml,mean_hu; empty mean_hu for absent organs) and as
-    JSON ({name: {label, voxels, volume_ml, mean_hu}} in label order), each atomically."""
+    JSON ({name: {label, voxels, volume_ml, mean_hu}} in label order), each atomically (overwrite=False:
+    exclusively, InputError if a file exists; see npunet.publish)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -78,8 +80,12 @@ def write_statistics(rows: list[dict], csv_path: str | os.PathLike, json_path: s
         writer.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
     text_csv = buf.getvalue()
     text_json = json.dumps({r["name"]: {c: r[c] for c in COLUMNS if c != "name"} for r in rows}, indent=1) + "\n"
-    atomic_write(csv_path, lambda tmp: _write_text(tmp, text_csv))
-    atomic_write(json_path, lambda tmp: _write_text(tmp, text_json))
+    atomic_write(csv_path, lambda tmp: _write_text(tmp, text_csv), overwrite=overwrite)
+    try:
+        atomic_write(json_path, lambda tmp: _write_text(tmp, text_json), overwrite=overwrite)
+    except BaseException:
+        unpublish(csv_path)                         # both files or neither
+        raise
 
 
 def _write_text(path, text: str) -> None:

@@ -1,6 +1,7 @@
-"""Convert a PyTorch checkpoint into an npunet weights file.
+"""Convert a PyTorch checkpoint into an npunet weights file (format 2), or upgrade an older weights file.
 
     python tools/convert.py CHECKPOINT.pt -o weights/dsconv_eca_unet.npuw
+    python tools/convert.py --upgrade OLD.npuw -o NEW.npuw       # format 1 -> 2, numpy only (no torch)
 
 The checkpoint is a torch.save'd dict holding at least {"spec": <architecture spec>, "state_dict": ...};
 optional keys "labels", "preprocessing", "config" and "cases" (as tools/train.py writes them) are carried
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from npunet.errors import NpunetError  # noqa: E402
 from npunet.labels import LABELS  # noqa: E402
 from npunet.preprocess import DEFAULT_PREPROCESSING  # noqa: E402
-from npunet.weights import read_weights, save_weights  # noqa: E402
+from npunet.weights import read_weights, save_weights, upgrade_weights  # noqa: E402
 
 
 def convert(checkpoint, output) -> Path:
@@ -48,11 +49,19 @@ def convert(checkpoint, output) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("checkpoint", help="torch checkpoint: a dict with 'spec' and 'state_dict'")
+    p.add_argument("checkpoint", help="torch checkpoint: a dict with 'spec' and 'state_dict' (with --upgrade: "
+                                      "a format-1 npunet weights file)")
     p.add_argument("-o", "--output", required=True, help="npunet weights file to write (.npuw)")
+    p.add_argument("--upgrade", action="store_true",
+                   help="CHECKPOINT is an npunet weights file of format 1: re-write it as format 2 (the same "
+                        "tensors and header, now all covered by the checksum); needs no torch")
     args = p.parse_args(argv)
     try:
-        path = convert(args.checkpoint, args.output)
+        if args.upgrade:
+            path = upgrade_weights(args.checkpoint, args.output)
+            read_weights(path)  # verify what was written
+        else:
+            path = convert(args.checkpoint, args.output)
     except NpunetError as exc:
         print(f"convert: error: {exc}", file=sys.stderr)
         return 2

@@ -105,10 +105,11 @@ def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike) -> 
     return [Job(case, p, out_dir / f"{case}.nii.gz", "nifti") for case, p in sorted(cases.items())]
 
 
-def read_job(job: Job):
-    """Read a job's image: NIfTI via io.nifti.read_ct, DICOM via io.dicom.read_dicom_series."""
+def read_job(job: Job, assume_orientation: str | None = None):
+    """Read a job's image: NIfTI via io.nifti.read_ct, DICOM via io.dicom.read_dicom_series (validated by
+    npunet.io.validate either way). assume_orientation: see read_ct (DICOM always has an orientation)."""
     if job.kind == "dicom":
         from npunet.io.dicom import read_dicom_series
         return read_dicom_series(job.input)
     from npunet.io.nifti import read_ct
-    return read_ct(job.input)
+    return read_ct(job.input, assume_orientation)

@@ -2,17 +2,20 @@
 
 What this file promises:
 - `read_ct` either returns a 3D image whose data is already in memory as float32 (so a truncated file fails
-  here, not halfway through the network), or raises InputError with one line naming the file and the problem.
+  here, not halfway through the network), or raises InputError with one line naming the file and the problem;
+  it never allocates more than the header declares, and checks that against the file and the free memory.
 - `write_labels` writes a uint8 label map with the input's shape, affine, qform/sform (matrices and codes),
-  zooms and units; it writes to a temporary name in the output folder and renames it into place, so a crash
-  never leaves a half-written file under the final name. A `CASE.labels.json` sidecar ({"0": "background",
-  ...}) is written beside `CASE.nii.gz` the same way.
+  zooms and units; it writes to a temporary name in the output folder and publishes it (npunet.publish), so
+  a crash never leaves a half-written file under the final name. A `CASE.labels.json` sidecar ({"0":
+  "background", ...}) is written beside `CASE.nii.gz` the same way.
+- Every check of what can be read lives in npunet.io.validate; this file reads and writes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zlib
 from pathlib import Path
@@ -21,6 +24,11 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
+from npunet.io.validate import (check_affine, check_dims, check_header, check_orientation, check_voxels,
+                                hu_range_warning, parse_axcodes, parse_header)
+from npunet.publish import atomic_write, exists_message, unpublish
+from npunet.resources import check_memory
+from npunet.third_party import captured
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NIFTI_INTENT_LABEL = "label"  # NIfTI intent code 1002: voxel values are label indices
@@ -55,103 +63,144 @@ def labels_json_path(output: str | os.PathLike) -> Path:
 
 # ------------------------------------------------------------------------------------------- reading --
 
-def open_image(path: Path):
-    """nib.load(path), with a one-line InputError for a missing file, a folder, or unreadable bytes.
-    A gzipped NIfTI is decompressed in memory in one zlib call (_gunzip) instead of through gzip.GzipFile's
-    many small reads: faster, and zlib lets other threads run meanwhile (the kernels load during the read)."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
+GZIP_CHUNK = 16 * 2**20
+
+
+def regular_file(path: Path) -> int:
+    """The size of `path`, or a one-line InputError: missing, a folder, or not a regular file (reading a
+    FIFO or a device would block or never end)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file" + (" (a broken link)" if path.is_symlink() else "")) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({one_line(exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{path}: is a folder, not a NIfTI file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (a pipe, a socket or a device); give a NIfTI file")
+    return st.st_size
+
+
+def open_image(path: str | os.PathLike):
+    """The single-file NIfTI-1/2 image in `path`, its voxels in memory (as stored, not yet converted).
+
+    The header is read and checked first (npunet.io.validate.check_header: data type, dimensions, voxel
+    sizes, codes, and the declared size against the file and the available memory), and then only the bytes
+    the header declares are read or decompressed: a header claiming more than the file holds, or a gzip
+    bomb, costs nothing. A gzipped file (told by its first bytes, whatever its name) is decompressed in
+    memory, in large zlib calls that let other threads run. nibabel's own messages are captured and folded
+    into the error. Raises InputError (or ResourceError) with one line naming the file."""
+    path = Path(path)
+    size = regular_file(path)
     try:
         with open(path, "rb") as f:
-            magic = f.read(2)
-        if magic == b"\x1f\x8b" and is_nifti_name(path):
-            try:
-                raw = _gunzip(path.read_bytes())
-            except (EOFError, zlib.error) as exc:
-                raise InputError(f"{path}: truncated or corrupt image data ({one_line(exc, path)})") from None
-            nifti2 = len(raw) >= 4 and raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")   # sizeof_hdr 540
-            img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(raw)
-            img.set_filename(str(path))       # the voxels stay in memory; the name is kept for messages and
-            return img                        # for refusing to write over the input
-        return nib.load(str(path))
-    except InputError:
-        raise
-    except Exception as exc:  # nibabel raises ImageFileError, OSError, ValueError, ... for foreign bytes
-        raise InputError(f"{path}: not a readable NIfTI image ({one_line(exc, path)})") from None
+            start = f.read(64 * 1024)
+            gz = start[:2] == b"\x1f\x8b"
+            head = _gunzip(start, limit=560, name=path) if gz else start
+            hdr = parse_header(head, str(path))
+            end = check_header(hdr, str(path), file_bytes=None if gz else size, gzip_bytes=size if gz else None)
+            f.seek(0)
+            blob = f.read() if gz else f.read(end)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({one_line(exc, path)})") from None
+    raw = _gunzip(blob, limit=end, name=path) if gz else blob
+    del blob
+    if len(raw) < end:
+        raise InputError(f"{path}: truncated or corrupt image data: the header declares {end:,} bytes of header "
+                         f"and voxels, the {'decompressed ' if gz else ''}file has {len(raw):,}")
+    klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    with captured() as notes:
+        try:
+            img = klass.from_bytes(raw)
+        except Exception as exc:  # nibabel's HeaderDataError, ValueError, ... for bytes our checks let through
+            raise InputError(notes.fold(f"{path}: not a readable NIfTI image ({one_line(exc, path)})")) from None
+    img.set_filename(str(path))   # the voxels stay in memory; the name is kept for messages and for
+    return img                    # refusing to write over the input
 
 
-def _gunzip(data: bytes) -> bytes:
-    """The decompressed bytes of a gzip file, every member of it (bgzip writes many), trailing zeros ignored."""
-    parts = []
-    while data.strip(b"\0"):
-        stream = zlib.decompressobj(wbits=31)
-        parts.append(stream.decompress(data))
-        if not stream.eof:
-            raise EOFError("compressed file ended before the end-of-stream marker was reached")
-        data = stream.unused_data
+def _gunzip(data: bytes, limit: int, name) -> bytes:
+    """The first `limit` decompressed bytes of gzip data (fewer if it ends sooner), over every member (bgzip
+    writes many), trailing zeros ignored; never decompresses more than `limit`."""
+    parts, total, pos = [], 0, 0
+    view = memoryview(data)
+    stream, pending = zlib.decompressobj(wbits=31), b""
+    try:
+        while total < limit:
+            if not pending:
+                if pos >= len(data):
+                    break
+                pending, pos = view[pos:pos + GZIP_CHUNK], pos + GZIP_CHUNK
+            piece = stream.decompress(pending, limit - total)
+            parts.append(piece)
+            total += len(piece)
+            pending = stream.unconsumed_tail
+            if stream.eof:
+                pending = stream.unused_data
+                if not pending.strip(b"\0") and data.count(0, pos) == max(len(data) - pos, 0):
+                    break                                   # only zero padding after the last member
+                stream = zlib.decompressobj(wbits=31)
+    except zlib.error as exc:
+        raise InputError(f"{name}: truncated or corrupt image data ({one_line(exc)})") from None
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def read_ct(path: str | os.PathLike) -> nib.Nifti1Image:
+def read_ct(path: str | os.PathLike, assume_orientation: str | None = None) -> nib.Nifti1Image:
     """Load a NIfTI CT and validate it; the returned image holds its voxels in memory as float32 (HU).
 
     Raises InputError (one line, naming the file) for: a missing file, a folder, bytes that are not NIfTI,
     truncated or corrupt (gzip) data, a 2D image, a 4D image with more than one volume (a trailing axis of
-    size 1 is accepted and squeezed), an axis of size 0, a non-invertible affine, and NaN/Inf voxels.
+    size 1 is accepted and squeezed), an axis of size 0, complex or RGB voxels, voxel sizes <= 0, a header
+    without orientation (unless `assume_orientation`, axis codes such as "RAS", says how the axes run), a
+    non-invertible affine, and NaN/Inf voxels; ResourceError when it would not fit in memory. All the
+    checks are npunet.io.validate's.
     """
     path = Path(path)
     img = open_image(path)
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(f"{path}: not a NIfTI image (nibabel reads it as {type(img).__name__}); "
-                         f"convert it to .nii.gz first")
-    img = _check_geometry(img, str(path))
+    if assume_orientation is not None:
+        parse_axcodes(assume_orientation)
+    check_orientation(img.header, str(path), assume_orientation)
+    img = _three_d(img, str(path))
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
+        with np.errstate(all="ignore"), captured():
+            data = np.asarray(img.get_fdata(dtype=np.float32))
     except (EOFError, zlib.error, ValueError, OSError) as exc:
         raise InputError(f"{path}: truncated or corrupt image data ({one_line(exc, path)})") from None
-    except TypeError as exc:
-        raise InputError(f"{path}: unsupported voxel type {img.get_data_dtype()} ({one_line(exc)})") from None
     return _in_memory(img, data, str(path))
 
 
-def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image") -> nib.Nifti1Image:
+def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image",
+                   assume_orientation: str | None = None) -> nib.Nifti1Image:
     """The checks of `read_ct` for an image already in memory (the Python API); returns a float32 image."""
-    if not hasattr(img, "affine") or not hasattr(img, "dataobj"):
+    if not hasattr(img, "affine") or not hasattr(img, "dataobj") or not hasattr(img, "shape"):
         raise InputError(f"{name}: not a nibabel image (got {type(img).__name__})")
+    if img.affine is None and not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{name}: the image has no affine")
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
-    img = _check_geometry(img, name)
-    data = np.asarray(img.get_fdata(dtype=np.float32))
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.kind not in "biuf":
+        raise InputError(f"{name}: {dtype} voxels; npunet needs one real value per voxel")
+    if assume_orientation is not None:
+        parse_axcodes(assume_orientation)
+    check_orientation(img.header, name, assume_orientation)
+    img = _three_d(img, name)
+    check_memory(4 * int(np.prod(img.shape, dtype=np.float64)), f"{name} as float32")
+    with np.errstate(all="ignore"), captured():
+        data = np.asarray(img.get_fdata(dtype=np.float32))
     return _in_memory(img, data, name)
 
 
-def _check_geometry(img, name: str):
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) < 3:
-        raise InputError(f"{name}: a {len(shape)}D image of shape {shape}; need a 3D CT volume")
-    if any(s == 0 for s in shape):
-        raise InputError(f"{name}: empty image, shape {shape} has an axis of size 0")
-    if len(shape) > 3:
-        if any(s != 1 for s in shape[3:]):
-            raise InputError(f"{name}: a {len(shape)}D image of shape {shape} holds several volumes; "
-                             f"need one 3D CT volume (split it first)")
-        img = img.slicer[(slice(None),) * 3 + (0,) * (len(shape) - 3)]
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{name}: the affine is not invertible or not finite: "
-                         f"{np.array2string(affine[:3], precision=3, separator=',').replace(chr(10), '')}")
+def _three_d(img, name: str):
+    shape = check_dims(tuple(int(s) for s in img.shape), name)
+    if len(img.shape) > 3:
+        img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
+    check_affine(img.affine, name)
     return img
 
 
 def _in_memory(img, data: np.ndarray, name: str) -> nib.Nifti1Image:
-    finite = np.isfinite(data)
-    if not finite.all():
-        n_nan = int(np.count_nonzero(np.isnan(data)))
-        n_inf = int(data.size - np.count_nonzero(finite) - n_nan)
-        raise InputError(f"{name}: {n_nan} NaN and {n_inf} Inf voxels (of {data.size}); "
-                         f"replace them (e.g. with -1024) before segmenting")
+    check_voxels(data, name)
     header = img.header.copy()
     header.set_data_dtype(np.float32)
     header.set_slope_inter(np.nan, np.nan)
@@ -159,35 +208,6 @@ def _in_memory(img, data: np.ndarray, name: str) -> nib.Nifti1Image:
     if img.get_filename():
         out.set_filename(img.get_filename())  # remembered so that writing over the input can be refused
     return out
-
-
-def hu_range_warning(data: np.ndarray) -> str | None:
-    """A one-line warning when the intensities do not look like Hounsfield units, else None.
-
-    A CT of the abdomen in HU contains air (about -1000, outside the body or in the bowel), fat (-100) and
-    bone or contrast (+200 and up); stored values are bounded by the scanner range (-1024 .. 3071, up to
-    about 30000 for extended-range metal). The rules, checked in order:
-      - max - min < 1 or (min >= -1 and max <= 1): intensities normalised to [0, 1] or [-1, 1], or constant;
-      - max < 100: no bone or contrast at all, so not HU (or a window already applied);
-      - min >= 0: nothing below water, no fat or air: likely raw stored values without the rescale
-        intercept (typically -1024);
-      - min < -10000 or max > 40000: outside any scanner's HU range.
-    """
-    data = np.asarray(data)
-    lo, hi = float(np.min(data)), float(np.max(data))
-    seen = f"intensities range from {lo:.4g} to {hi:.4g}"
-    why = None
-    if hi - lo < 1 or (lo >= -1 and hi <= 1):
-        why = "they look normalised or constant"
-    elif hi < 100:
-        why = "nothing above 100 HU (no bone or contrast)"
-    elif lo >= 0:
-        why = "nothing below 0 HU (no fat or air): a missing rescale intercept of -1024?"
-    elif lo < -10000 or hi > 40000:
-        why = "beyond any CT scanner's HU range"
-    if why is None:
-        return None
-    return f"{seen}: {why}; the network expects Hounsfield units (it clips to [-160, 300])"
 
 
 # ------------------------------------------------------------------------------------------- writing --
@@ -247,8 +267,12 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
         raise InputError(f"{output}: is a folder; give a file name or a folder ending with '/'")
     if not overwrite:
         for p in (output, *map(Path, also)):
-            if p.exists():
-                raise InputError(f"{p}: exists already; pass --overwrite (overwrite=True) to replace it")
+            if p.exists() or p.is_symlink():
+                raise InputError(exists_message(p))
+    for p in (output, *map(Path, also)):
+        if len(p.name.encode("utf-8", "surrogateescape")) > 255:
+            raise InputError(f"{p.name[:60]}...: the file name is {len(p.name)} characters, more than a file "
+                             f"system takes (255 bytes)")
     parent = output.resolve().parent
     existing = parent
     while not existing.exists():
@@ -269,8 +293,10 @@ def write_labels(labels: np.ndarray, like: nib.Nifti1Image, path: str | os.PathL
     """Write `labels` (X, Y, Z) uint8 on `like`'s grid to `path`, plus the `.labels.json` name sidecar.
 
     label_names: {int: name}; defaults to npunet.labels.LABELS. Both files are written to temporary names in
-    the output folder and renamed into place (os.replace); on any failure no temporary file is left behind.
-    Refuses output == input, an existing output (or sidecar) without overwrite, and an unwritable folder.
+    the output folder and published by npunet.publish.atomic_write (without overwrite, exclusively: of two
+    runs writing the same output, one wins and the other gets "exists already"); on any failure no temporary
+    file is left behind, and no label map without its sidecar. Refuses output == input, an existing output
+    (or sidecar) without overwrite, and an unwritable folder.
     """
     path = Path(path)
     sidecar = labels_json_path(path)
@@ -279,12 +305,13 @@ def write_labels(labels: np.ndarray, like: nib.Nifti1Image, path: str | os.PathL
     if label_names is None:
         label_names = _default_label_names()
     _make_parent(path)
-    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
     names_json = json.dumps({str(int(k)): str(v) for k, v in sorted(label_names.items())}, indent=1) + "\n"
     try:
-        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(names_json, encoding="utf-8"))
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(names_json, encoding="utf-8"),
+                     overwrite=overwrite)
     except BaseException:
-        path.unlink(missing_ok=True)
+        unpublish(path)          # no label map without its sidecar
         raise
     return path
 
@@ -299,39 +326,6 @@ def _make_parent(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{path}: cannot create the output folder ({one_line(exc)})") from None
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path) on a temporary name beside `path` (same suffix), then os.replace it into place.
-
-    The temporary file keeps the final suffix (nibabel picks gzip from `.gz`) and is removed on failure.
-    OSError (no space, no permission) becomes InputError naming the file.
-    """
-    path = Path(path)
-    name = path.name
-    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write in {path.parent} ({one_line(exc)})") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write ({one_line(exc)})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def one_line(exc: BaseException, path=None) -> str:

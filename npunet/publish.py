@@ -1,0 +1,153 @@
+"""Putting a finished file in place: the one way npunet writes a file (label maps and their sidecars,
+statistics, previews, evaluation reports, weights).
+
+    atomic_write(path, write, overwrite=False)     # write(tmp) fills a temporary file; then it is published
+
+`write(tmp)` writes a temporary file beside `path` (same folder, a hidden name ending in the same suffix,
+so nibabel still picks gzip from `.gz`). Only once it has returned is the file published under `path`:
+- overwrite=True: os.replace, atomic, replacing whatever is there;
+- overwrite=False: os.link(tmp, path), atomic and exclusive: when `path` exists (another run finished first,
+  even a moment ago) the link fails and the caller gets InputError "exists already", so of two runs writing
+  the same output exactly one wins. Where the file system has no hard links, an O_CREAT | O_EXCL
+  placeholder claims the name first and os.replace fills it.
+`unpublish(path)` takes back a file this process published (a failed job's clean-up) and leaves alone one
+that another process put there. Nothing is ever half-written under `path`, and a temporary file never
+outlives a failure, an exception,
+Ctrl-C or SIGTERM: it is removed on the way out. Every temporary file is also listed until it is gone, so
+`remove_temporaries()` (called by npunet.signals as the process exits on a signal) removes one even when the
+interruption fell between its creation and the cleanup code. Stdlib only: any layer may use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from npunet.errors import InputError
+
+_LIVE: set[str] = set()
+_PUBLISHED: dict[str, tuple[int, int]] = {}     # path -> (st_dev, st_ino) of the file this process put there
+_LOCK = threading.Lock()
+
+
+def exists_message(path) -> str:
+    return f"{path}: exists already; pass --overwrite (overwrite=True) to replace it"
+
+
+def _suffix(name: str) -> str:
+    low = name.lower()
+    for double in (".nii.gz", ".tar.gz"):
+        if low.endswith(double):
+            return name[-len(double):]
+    return Path(name).suffix
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(getattr(exc, "strerror", None) or exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path:
+    """Call write(tmp_path) on a temporary file beside `path`, then publish it as `path` (see the module doc).
+
+    overwrite=False makes the publication exclusive (InputError when `path` exists). OSError (no space, no
+    permission, read-only file system) becomes InputError naming the file. The default, True, keeps the
+    replace-in-place behaviour of callers that checked for existing files themselves.
+    """
+    path = Path(path)
+    suffix = _suffix(path.name)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {path.parent} ({_one_line(exc)})") from None
+    with _LOCK:
+        _LIVE.add(tmp)
+    try:
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o644 & ~_umask())     # mkstemp made it 0600; give it the usual permissions
+        identity = _identity(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_exclusive(tmp, path)
+        with _LOCK:
+            _PUBLISHED[os.path.abspath(path)] = identity
+    except FileExistsError:
+        raise InputError(exists_message(path)) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({_one_line(exc)})") from None
+    finally:
+        _discard(tmp)
+    return path
+
+
+def _publish_exclusive(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)                # FileExistsError when the name is taken
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)   # no hard links here: claim the name
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
+def _identity(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def unpublish(path: str | os.PathLike) -> bool:
+    """Remove `path` if it is still the file this process published there (a failed or interrupted job's
+    clean-up); a file that another process put under that name is left alone. True if removed."""
+    key = os.path.abspath(path)
+    with _LOCK:
+        identity = _PUBLISHED.pop(key, None)
+    try:
+        if identity is None or _identity(key) != identity:
+            return False
+        os.unlink(key)
+    except OSError:
+        return False
+    return True
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    with _LOCK:
+        _LIVE.discard(tmp)
+
+
+def remove_temporaries() -> list[str]:
+    """Remove every temporary file atomic_write still holds (for the signal handler); returns their names."""
+    with _LOCK:
+        names = sorted(_LIVE)
+        _LIVE.clear()
+    for name in names:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+    return names
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,126 @@
+"""How much memory npunet may still allocate, and the one check that every user-controlled size goes through.
+
+Sizes that come from the user or from a file (an image header's shape, --batch-size, a weights file's
+input_size, a spec's channels) are checked before anything is allocated: `check_memory(nbytes, what)`
+raises ResourceError, with both numbers, when the allocation would not fit in the memory available now.
+
+Available memory is the least of: /proc/meminfo's MemAvailable; the container's limit minus its usage
+(cgroup v2 memory.max / memory.current, or v1); the address-space limit (ulimit -v) minus what the process
+already maps; and $NPUNET_MEMORY_LIMIT (bytes, or with a K/M/G/T suffix: "4G") minus what the process already
+holds (its resident size), for a user who wants npunet to stay within a share of a machine. Where none of
+these can be read, the check passes: the operating system then has the last word.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from npunet.errors import ResourceError
+
+MEMORY_LIMIT_ENV = "NPUNET_MEMORY_LIMIT"
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; 3 * 2**30 -> '3.0 GiB'."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def parse_bytes(text: str) -> int:
+    """'4G' -> 4 * 2**30, '512M', '1000000' -> bytes; ValueError for anything else."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (write e.g. 4G, 512M or a number of bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo(key: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_free() -> int | None:
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2**60:
+            return max(limit - usage, 0)
+    return None
+
+
+def _address_space_free() -> int | None:
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    return max(soft - (_status("VmSize") or 0), 0)
+
+
+def _user_limit_free() -> int | None:
+    text = os.environ.get(MEMORY_LIMIT_ENV)
+    if not text:
+        return None
+    try:
+        limit = parse_bytes(text)
+    except ValueError as exc:
+        raise ResourceError(f"${MEMORY_LIMIT_ENV}: {exc}") from None
+    return max(limit - (_status("VmRSS") or 0), 0)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate (see the module doc), or None when nothing says."""
+    candidates = [_meminfo("MemAvailable"), _cgroup_free(), _address_space_free(), _user_limit_free()]
+    known = [c for c in candidates if c is not None]
+    if not known:
+        try:
+            known = [os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+        except (ValueError, OSError, AttributeError):
+            return None
+    return min(known)
+
+
+def check_memory(nbytes: float, what: str, advice: str = "") -> None:
+    """Raise ResourceError when `nbytes` (about to be allocated for `what`) exceed the available memory.
+
+    The message reads: "<what> needs 4.1 GiB of memory, 2.0 GiB is available[; <advice>]"."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        tail = f"; {advice}" if advice else ""
+        raise ResourceError(f"{what} needs {format_bytes(nbytes)} of memory, {format_bytes(available)} "
+                            f"is available{tail}")

@@ -1,0 +1,74 @@
+"""Ctrl-C, SIGTERM and a closed pipe for the command line: one line on stderr, the conventional exit code,
+and no temporary file left behind.
+
+    install()        # first thing in the `npunet` command, before the slow imports
+
+SIGINT raises KeyboardInterrupt and SIGTERM / SIGHUP raise npunet.errors.Terminated, wherever the main
+thread is (reading, in the network, writing); both unwind through the `finally` and `except BaseException`
+blocks that remove temporary and half-done outputs (npunet.publish), and the command then exits with
+128 + the signal number (130 for Ctrl-C, 143 for SIGTERM) after one line such as "npunet segment:
+interrupted". A second signal during that clean-up is ignored, so it cannot be cut short.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from npunet.errors import Terminated
+
+HANDLED = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None),
+                            getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def _on_signal(signum, frame):
+    for s in HANDLED:                     # the clean-up that follows must not be cut short
+        signal.signal(s, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+def install() -> None:
+    """Route SIGINT, SIGTERM and SIGHUP to exceptions (main thread only; elsewhere it does nothing)."""
+    try:
+        for s in HANDLED:
+            signal.signal(s, _on_signal)
+    except ValueError:                    # not the main thread
+        pass
+
+
+def exit_code(exc: BaseException) -> int:
+    """128 + the signal number: 130 for KeyboardInterrupt (SIGINT), 143 for SIGTERM, 129 for SIGHUP."""
+    if isinstance(exc, Terminated):
+        return 128 + int(exc.signum)
+    return 128 + int(signal.SIGINT)
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, Terminated):
+        return f"terminated ({signal.Signals(exc.signum).name})"
+    return "interrupted"
+
+
+def finish_interrupted(exc: BaseException, command: str | None) -> int:
+    """After an interruption: remove what npunet.publish still holds, say so in one line, return the code."""
+    from npunet.publish import remove_temporaries
+    remove_temporaries()
+    prefix = f"npunet {command}" if command else "npunet"
+    try:
+        print(f"{prefix}: {describe(exc)}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
+    return exit_code(exc)
+
+
+def silence_stdout() -> None:
+    """After a closed pipe (`npunet summary | head -1`): point stdout at /dev/null, so that Python's final
+    flush does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
