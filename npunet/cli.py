@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     command = command if command in COMMANDS else None
     try:
         parser = build_parser(command)
-        args = parser.parse_args(argv)
+        args = parser.parse_args(argv)     # SystemExit: --help (0) or a bad option (2, after its one line)
         if not args.command:
             parser.print_help()
             return 2

@@ -13,6 +13,10 @@ The challenge's own rules, reimplemented (its helper file no longer imports on N
   - each value is rounded to 4 decimals per case; means over cases are means of the rounded values.
 Masks are cut to the bounding box of the organ in either label map before anything is computed (scipy's
 find_objects finds all boxes in one pass), which changes no value.
+
+Refused, one line each (never scored silently): a prediction on another grid than its ground truth (shape,
+voxel size, a mirrored or turned axis, origin; npunet.io.validate.check_same_grid), and label maps holding
+values that are not integers in 0..13 (negative, above 13, fractional, NaN).
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import numpy as np
 from scipy import ndimage
 
 from npunet.errors import InputError, NpunetError
-from npunet.io.nifti import atomic_write, is_nifti_name, one_line, open_image, strip_nifti_suffix
+from npunet.io.nifti import is_nifti_name, one_line, open_image, strip_nifti_suffix
+from npunet.io.validate import check_same_grid
 from npunet.labels import LABELS, NSD_TOLERANCE_MM, ORGANS
+from npunet.publish import atomic_write, check_writable
 from npunet.surface import surface_dice
 
 Z_RANGE_LABELS = (5, 6, 10)  # aorta, inferior vena cava, esophagus: scored on the gt's z-range only
@@ -107,6 +113,10 @@ def evaluate_case(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing_mm, la
     each rounded to 4 decimals (NaN only for a z-range organ on a single gt slice, see the module doc).
     """
     pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
+    if pred_labels.dtype == bool:
+        pred_labels = pred_labels.view(np.uint8)
+    if gt_labels.dtype == bool:
+        gt_labels = gt_labels.view(np.uint8)
     if pred_labels.shape != gt_labels.shape:
         raise InputError(f"prediction shape {pred_labels.shape} does not match ground truth shape "
                          f"{gt_labels.shape}")
@@ -115,6 +125,7 @@ def evaluate_case(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing_mm, la
     for name, arr in (("prediction", pred_labels), ("ground truth", gt_labels)):
         if not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{name} label map has dtype {arr.dtype}; need integer labels")
+        check_label_range(arr, f"the {name} label map")
     spacing = _check_spacing(spacing_mm)
     labels = tuple(int(k) for k in labels)
     for k in labels:
@@ -143,32 +154,61 @@ def evaluate_case(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing_mm, la
     return out
 
 
+def check_label_range(labels: np.ndarray, name: str) -> None:
+    """InputError unless every value is an integer label in 0..13 (LABELS)."""
+    if labels.size == 0:
+        return
+    lo, hi, top = labels.min(), labels.max(), max(LABELS)
+    if lo < 0 or hi > top:
+        bad = int(np.count_nonzero((labels < 0) | (labels > top)))
+        raise InputError(f"{name}: label values {lo:g}..{hi:g}, {bad} voxels outside the labels 0..{top} "
+                         f"(the 13 FLARE organs and background)")
+
+
 # ------------------------------------------------------------------------------------ files, folders --
 
-def load_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """A NIfTI label map -> ((X, Y, Z) integer array, voxel spacing in mm from header.get_zooms()[:3]).
+def read_label_map(path: str | os.PathLike):
+    """A NIfTI label map -> (image, (X, Y, Z) integer array, voxel spacing in mm from header.get_zooms()[:3]).
 
-    Raises InputError (one line, naming the file) for a missing or unreadable file, a non-3D image, or
-    non-integer voxel values.
+    The file goes through npunet.io.nifti.open_image (the header checked before reading: voxel sizes > 0,
+    size against file and memory, ...). Raises InputError (one line, naming the file) for a missing or
+    unreadable file, a non-3D image, and voxel values that are not integer labels in 0..13 (fractions, NaN,
+    negative or larger values).
     """
     path = Path(path)
     img = open_image(path)
     try:
-        data = np.asanyarray(img.dataobj)
+        with np.errstate(all="ignore"):
+            data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises OSError, EOFError, zlib errors, ... for truncated data
         raise InputError(f"{path}: not a readable NIfTI image ({one_line(exc, path)})") from None
     if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
         raise InputError(f"{path}: a label map must be 3D, got shape {data.shape}")
+    if data.dtype == bool:
+        data = data.view(np.uint8)
     if not np.issubdtype(data.dtype, np.integer):
+        if not np.issubdtype(data.dtype, np.floating):
+            raise InputError(f"{path}: voxel values of type {data.dtype} are not integer labels")
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad:
+            raise InputError(f"{path}: {n_bad} NaN or Inf voxels; a label map holds integer labels 0..13")
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
-            raise InputError(f"{path}: voxel values are not integer labels (dtype {data.dtype})")
-        if rounded.size and (rounded.min() < 0 or rounded.max() > 32767):
-            raise InputError(f"{path}: label values {rounded.min():g}..{rounded.max():g} out of range")
-        data = rounded.astype(np.int16)
+            n_frac = int(np.count_nonzero(rounded != data))
+            raise InputError(f"{path}: {n_frac} voxel values are not whole numbers (dtype {data.dtype}, e.g. "
+                             f"{data[rounded != data].flat[0]:g}); a label map holds integer labels 0..13")
+        check_label_range(rounded, str(path))
+        data = rounded.astype(np.uint8)
+    check_label_range(data, str(path))
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return img, data, spacing
+
+
+def load_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """(integer array, voxel spacing in mm) of a NIfTI label map; see read_label_map."""
+    _, data, spacing = read_label_map(path)
     return data, spacing
 
 
@@ -208,11 +248,12 @@ def evaluate_paths(pred: str | os.PathLike, gt: str | os.PathLike, labels=ORGANS
         try:
             if pred_file is None:
                 raise InputError(f"no prediction {case}.nii.gz in {pred}")
-            gt_data, spacing = load_label_map(gt_file)
-            pred_data, _ = load_label_map(pred_file)
+            gt_img, gt_data, spacing = read_label_map(gt_file)
+            pred_img, pred_data, _ = read_label_map(pred_file)
             if pred_data.shape != gt_data.shape:
                 raise InputError(f"prediction {pred_file} has shape {pred_data.shape}, ground truth {gt_file} "
                                  f"has shape {gt_data.shape}")
+            check_same_grid(pred_img, gt_img, f"prediction {pred_file}", f"ground truth {gt_file}")
             cases[case] = evaluate_case(pred_data, gt_data, spacing, labels)
             spacings[case] = list(spacing)
         except NpunetError as exc:
@@ -286,13 +327,27 @@ def _jsonable(obj):
     return obj
 
 
-def write_json(result: dict, path: str | os.PathLike) -> Path:
-    """Write the result as JSON (NaN as null) to a temporary name beside `path`, then rename it into place."""
+def check_json_path(path: str | os.PathLike, inputs=()) -> Path:
+    """Refuse, before scoring, a --json path we should not write: not ending in .json (a slip such as
+    `--json gt.nii.gz` would replace the ground truth), one of the inputs, a folder, or in a folder that does
+    not exist or is not writable."""
     path = Path(path)
+    if not path.name.lower().endswith(".json"):
+        raise InputError(f"{path}: the report name must end in .json")
+    for other in inputs:
+        if Path(other).exists() and path.exists() and os.path.samefile(path, other):
+            raise InputError(f"{path}: is one of the inputs; choose another name for the report")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a .json file name")
     if not path.parent.is_dir():
         raise InputError(f"{path}: the folder {path.parent} does not exist")
+    check_writable(path)
+    return path
+
+
+def write_json(result: dict, path: str | os.PathLike) -> Path:
+    """Write the result as JSON (NaN as null) to a temporary name beside `path`, then rename it into place."""
+    path = check_json_path(path)
     text = json.dumps(_jsonable(result), indent=1, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
@@ -310,6 +365,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Print the tables; exit 0, or 1 when a case of a folder could not be scored."""
     labels = parse_labels(args.labels)
+    if args.json:
+        check_json_path(args.json, inputs=(args.pred, args.gt))
     result = evaluate_paths(args.pred, args.gt, labels)
     print(format_report(result))
     if args.json:

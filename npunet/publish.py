@@ -85,6 +85,24 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
     return path
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """InputError unless a file can be created where `path` goes: its folder, or the nearest existing
+    parent (the folders in between would be created), is a folder in which a probe file can really be
+    made (os.access says yes to root even on read-only mounts and /proc)."""
+    path = Path(path)
+    existing = path.resolve().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot create the output folder, {existing} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".npunet-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{path}: the output folder {existing} is not writable ({_one_line(exc)})") from None
+
+
 def _publish_exclusive(tmp: str, path: Path) -> None:
     try:
         os.link(tmp, path)                # FileExistsError when the name is taken

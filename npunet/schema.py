@@ -105,7 +105,9 @@ class Str(Schema):
     def check(self, value, where):
         if self.choices is not None:
             if not isinstance(value, str) or value not in self.choices:
-                self.fail(where, "one of " + ", ".join(repr(c) for c in self.choices), value)
+                shown = ", ".join(repr(c) for c in self.choices[:8])
+                more = f", ... ({len(self.choices)} in all)" if len(self.choices) > 8 else ""
+                self.fail(where, f"one of {shown}{more}", value)
             return value
         if not isinstance(value, str) or not 1 <= len(value) <= self.max_len or not value.isprintable():
             self.fail(where, f"a printable string of 1..{self.max_len} characters", value)

@@ -105,19 +105,22 @@ def add_arguments(p) -> None:
                    help="'standard': beside each conv, the cost of a standard 3x3 conv and the ratio")
 
 
+MAX_SIZE = 16384
+
+
 def run(args) -> int:
+    """Print the summary; a bad spec, weights file or size is a one-line NpunetError (SpecError and
+    WeightsError are ones): the spec goes through npunet.spec.check_spec either way."""
     from npunet.errors import NpunetError
-    from npunet.spec import SpecError
     if args.weights:
         from npunet.weights import read_weights
         spec = read_weights(args.weights)[0]["spec"]
     else:
-        try:
-            spec = load_spec(args.spec)
-        except SpecError as exc:
-            raise NpunetError(str(exc)) from None
+        spec = load_spec(args.spec)
     h, w = args.size
-    if h < 2 ** (len(spec["encoder"]) - 1) or w < 2 ** (len(spec["encoder"]) - 1):
-        raise NpunetError(f"input size {h}x{w} is too small for {len(spec['encoder'])} encoder stages")
+    d = 2 ** (len(spec["encoder"]) - 1)
+    if not (d <= h <= MAX_SIZE and d <= w <= MAX_SIZE) or h % d or w % d:
+        raise NpunetError(f"--size {h} {w}: height and width must be multiples of {d} (the downsampling of "
+                          f"{len(spec['encoder'])} encoder stages) between {d} and {MAX_SIZE}")
     print(format_summary(spec, h, w, compare=args.compare == "standard"))
     return 0

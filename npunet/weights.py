@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from npunet.errors import WeightsError
-from npunet.schema import Any, Int, List, Map, Obj, Str, parse_json, validate
+from npunet.schema import Any, Int, List, Map, Obj, Str, describe, parse_json, validate
 from npunet.spec import MAX_PARAMETERS, SpecError, check_spec, expected_tensors
 
 MAGIC = b"NPUNETW\0"
@@ -85,8 +85,10 @@ def check_header(header, what: str) -> tuple[dict, dict[str, tuple[int, ...]]]:
     from npunet.preprocess import check_preprocessing
     if isinstance(header, dict) and header.get("format_version") != FORMAT_VERSION:
         version = header.get("format_version")
-        shown = repr(version) if isinstance(version, (int, float, str, type(None))) else type(version).__name__
-        raise WeightsError(f"{what} has format version {shown[:40]}, this npunet reads version "
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise WeightsError(f"{what}: header: format_version is {describe(version)}, not an integer; "
+                               f"{REGENERATE}")
+        raise WeightsError(f"{what} has format version {version}, this npunet reads version "
                            f"{FORMAT_VERSION}; {REGENERATE}")
     header = validate(header, HEADER_SCHEMA, f"{what}: header", WeightsError)
     try:
@@ -112,8 +114,8 @@ def check_header(header, what: str) -> tuple[dict, dict[str, tuple[int, ...]]]:
             raise WeightsError(f"{what}: tensor {name!r} at offset {entry['offset']} {kind} (which ends at {end})")
         end += n
     if end != header["data_nbytes"]:
-        raise WeightsError(f"{what}: the tensors hold {end} bytes, the header says data_nbytes "
-                           f"{header['data_nbytes']}")
+        raise WeightsError(f"{what}: the tensors hold {end:,} bytes, the header says data_nbytes "
+                           f"{header['data_nbytes']:,}")
     return header, want
 
 
@@ -232,6 +234,8 @@ def _read_file(path) -> tuple[Path, bytes]:
 
 def _split(path: Path, raw: bytes) -> tuple[int, bytes]:
     """(header length, header bytes) after the magic and length checks."""
+    if len(raw) < PREAMBLE_BYTES and MAGIC.startswith(raw[:8]) and raw:
+        raise WeightsError(f"{path} is truncated: {len(raw)} bytes; {REGENERATE}")
     if len(raw) < PREAMBLE_BYTES or raw[:8] != MAGIC:
         raise WeightsError(f"{path} is not an npunet weights file (magic {raw[:8]!r}, expected {MAGIC!r}); "
                            f"{REGENERATE}")

@@ -352,7 +352,7 @@ def _two_cases(folder_gt, folder_pred):
     write_nifti(folder_gt / "caseA.nii.gz", gt, (1.0, 1.0, 1.0))
     write_nifti(folder_pred / "caseA.nii.gz", pred)
     write_nifti(folder_gt / "caseB.nii.gz", gt, (2.0, 2.0, 2.0))
-    write_nifti(folder_pred / "caseB.nii.gz", gt)
+    write_nifti(folder_pred / "caseB.nii.gz", gt, (2.0, 2.0, 2.0))   # the same grid: another is refused
     return gt, pred
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from npunet.errors import InputError
 from npunet.io.validate import (check_affine, check_dims, check_header, check_orientation, check_voxels,
                                 hu_range_warning, parse_axcodes, parse_header)
-from npunet.publish import atomic_write, exists_message, unpublish
+from npunet.publish import atomic_write, check_writable, exists_message, unpublish
 from npunet.resources import check_memory
 from npunet.third_party import captured
 
@@ -273,18 +272,7 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
         if len(p.name.encode("utf-8", "surrogateescape")) > 255:
             raise InputError(f"{p.name[:60]}...: the file name is {len(p.name)} characters, more than a file "
                              f"system takes (255 bytes)")
-    parent = output.resolve().parent
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{output}: cannot create the output folder, {existing} is a file")
-    try:  # os.access says yes to root even where writes fail (read-only mounts, /proc): really try
-        fd, probe = tempfile.mkstemp(prefix=".npunet-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(f"{output}: the output folder {existing} is not writable ({one_line(exc)})") from None
+    check_writable(output)
     return output
 
 
