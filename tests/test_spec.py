@@ -154,8 +154,11 @@ def test_bad_spec_files(tmp_path, capsys, name):
 def test_summary_size_and_weights_errors(tmp_path, capsys):
     for argv, words in ((["--size", "100", "100"], "multiples of 16"), (["--size", "-16", "16"], "multiples"),
                         (["--weights", str(tmp_path)], "is a folder"),
-                        (["--weights", str(tmp_path / "none.npuw")], "does not exist"),
-                        (["--size", "x", "1"], "invalid int value")):
+                        (["--weights", str(tmp_path / "none.npuw")], "does not exist")):
         assert main(["summary", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, (argv, err)
+    with pytest.raises(SystemExit) as info:         # a bad option: argparse's exit, one line too
+        main(["summary", "--size", "x", "1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "invalid int value" in err, err
