@@ -52,7 +52,9 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
         x, win = prepare_slices(view.data, zs, params)
         t1 = time.perf_counter()
         logits = model(x)
-        if not np.isfinite(logits.sum()):      # NaN/Inf anywhere (weights that overflow): never argmax them
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = logits.sum()
+        if not np.isfinite(total):             # NaN/Inf anywhere (weights that overflow): never argmax them
             raise NpunetError(f"the network produced NaN or Inf logits for slices {zs[0]}..{zs[-1]}: the weights "
                               f"overflow on this input (are they broken?)")
         t2 = time.perf_counter()

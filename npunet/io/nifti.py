@@ -24,7 +24,7 @@ import numpy as np
 
 from npunet.errors import InputError
 from npunet.io.validate import (check_affine, check_dims, check_header, check_orientation, check_voxels,
-                                hu_range_warning, parse_axcodes, parse_header)
+                                hu_range_warning, parse_header)
 from npunet.publish import atomic_write, check_writable, exists_message, unpublish
 from npunet.resources import check_memory
 from npunet.third_party import captured
@@ -156,8 +156,6 @@ def read_ct(path: str | os.PathLike, assume_orientation: str | None = None) -> n
     """
     path = Path(path)
     img = open_image(path)
-    if assume_orientation is not None:
-        parse_axcodes(assume_orientation)
     check_orientation(img.header, str(path), assume_orientation)
     img = _three_d(img, str(path))
     try:
@@ -180,8 +178,6 @@ def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image",
     dtype = np.dtype(img.get_data_dtype())
     if dtype.kind not in "biuf":
         raise InputError(f"{name}: {dtype} voxels; npunet needs one real value per voxel")
-    if assume_orientation is not None:
-        parse_axcodes(assume_orientation)
     check_orientation(img.header, name, assume_orientation)
     img = _three_d(img, name)
     check_memory(4 * int(np.prod(img.shape, dtype=np.float64)), f"{name} as float32")
@@ -194,7 +190,7 @@ def _three_d(img, name: str):
     shape = check_dims(tuple(int(s) for s in img.shape), name)
     if len(img.shape) > 3:
         img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
-    check_affine(img.affine, name)
+    check_affine(img.affine if img.affine is not None else img.header.get_best_affine(), name)
     return img
 
 

@@ -181,7 +181,12 @@ def parse_axcodes(text: str) -> str:
 
 def check_orientation(header, name: str, assume: str | None = None) -> None:
     """Refuse an image whose header gives no orientation (qform_code = sform_code = 0) unless `assume`
-    (axis codes such as 'RAS') says how its voxel axes run."""
+    (axis codes such as 'RAS') says how its voxel axes run; refuse an `assume` that is not axis codes."""
+    if assume is not None:
+        try:
+            parse_axcodes(assume)
+        except ValueError as exc:
+            raise InputError(f"assume_orientation: {exc}") from None
     if not orientation_known(header) and assume is None:
         raise InputError(f"{name}: the header gives no orientation (qform_code and sform_code are both 0), so "
                          f"left and right cannot be told apart; if you know how the voxel axes run, pass "
