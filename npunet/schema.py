@@ -115,13 +115,16 @@ class Str(Schema):
 
 
 class Opt(Schema):
-    """The inner schema, or null; inside an Obj, a key that may be left out (then `default`)."""
+    """Inside an Obj, a key that may be left out (then `default`, if there is one). Without a default, null
+    is accepted too (it means "none"); with one, null is refused like any other wrong type."""
 
     def __init__(self, inner: Schema, default=None):
         self.inner, self.default = inner, default
 
     def check(self, value, where):
-        return None if value is None else self.inner.check(value, where)
+        if value is None and self.default is None:
+            return None
+        return self.inner.check(value, where)
 
 
 class List(Schema):

@@ -76,7 +76,7 @@ def load_spec(name_or_path: str | Path) -> dict:
         if size > MAX_SPEC_BYTES:
             raise SpecError(f"spec {path} is {size:,} bytes, more than the {MAX_SPEC_BYTES:,} a spec may have")
         with open(path, "rb") as f:
-            data = f.read(MAX_SPEC_BYTES + 1)
+            data = f.read(size + 1)              # read(n) allocates n bytes first: ask for what is there
     except OSError as exc:
         raise SpecError(f"spec {path} cannot be read ({exc.strerror or exc})") from None
     return check_spec(parse_json(data, f"spec {path}", SpecError, MAX_SPEC_BYTES))

@@ -226,7 +226,7 @@ def _read_file(path) -> tuple[Path, bytes]:
                            f"({MAX_FILE_BYTES:,}: {MAX_PARAMETERS:,} parameters at most); is it a weights file?")
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+            raw = f.read(st.st_size + 1)         # read(n) allocates n bytes first: ask for what is there
     except OSError as exc:
         raise WeightsError(f"weights file {path} cannot be read ({exc.strerror or exc})") from None
     return path, raw

@@ -1,0 +1,208 @@
+"""Ctrl-C, SIGTERM, closed pipes and concurrent writers, with real processes and real signals.
+
+The runs that must be caught at a precise moment (a temporary output file exists; two runs about to
+publish the same output) use a small driver: the real `npunet` command in a child process, where the test
+replaces the network by a fast fake and makes nibabel's save (or the statistics writer) wait after writing
+its temporary file. Nothing in npunet itself knows about the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from npunet.errors import InputError
+from npunet.publish import atomic_write
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "tests" / "fixtures" / "tiny_standard_unet.npuw"
+
+DRIVER = r'''
+import os, sys, time
+from npunet import signals
+signals.install()
+import nibabel as nib
+import npunet.segment_cli as sc
+import npunet.statistics as st
+from npunet.labels import LABELS
+
+class FakeModel:
+    labels = dict(LABELS)
+    preprocessing = {}
+
+sc.load_model = lambda weights=None: FakeModel()
+sc.segment_array = lambda volume, affine, model, **kw: (volume > 100).astype("uint8")
+mode, flags = sys.argv[1], sys.argv[2]
+
+def wait_here(path):
+    if mode.startswith("pause"):          # a temporary file exists now: say where, wait for the signal
+        print("TEMP", path, flush=True)
+        time.sleep(120)
+    elif mode == "race":                  # both runs stop here, temporary file written, then go at once
+        open(os.path.join(flags, "ready-%d" % os.getpid()), "w").close()
+        while not os.path.exists(os.path.join(flags, "go")):
+            time.sleep(0.01)
+
+real_save, real_text = nib.save, st._write_text
+def save(img, filename):
+    real_save(img, filename)
+    if mode != "pause-statistics":
+        wait_here(filename)
+def write_text(path, text):
+    real_text(path, text)
+    if mode == "pause-statistics":
+        wait_here(path)
+nib.save, st._write_text = save, write_text
+from npunet.cli import console
+sys.exit(console(sys.argv[3:]))
+'''
+
+
+def small_ct(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(0).integers(-1000, 1200, (12, 10, 8)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([1.5, 1.5, 2.0, 1.0]))
+    img.set_qform(img.affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+def start_driver(tmp_path, mode, *argv) -> subprocess.Popen:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    return subprocess.Popen([sys.executable, str(driver), mode, str(tmp_path), *map(str, argv)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("sig,code,words", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                            (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("mode", ["pause", "pause-statistics"])
+def test_signal_while_writing_removes_every_file(tmp_path, sig, code, words, mode):
+    """A signal while a temporary output exists (the label map's; or the statistics', after the label map
+    and its sidecar were published): exit 128+signal, one line, and the output folder left empty."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    out = tmp_path / "out"
+    proc = start_driver(tmp_path, mode, "segment", inp, "-o", f"{out}/", "--quiet", "--statistics")
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("TEMP "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        temp = Path(line.split(" ", 1)[1].strip())
+        present = files_in(out)
+        assert temp.exists() and temp.parent == out and temp.name.startswith(".")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    print(f"\n  {mode}, {signal.Signals(sig).name}: files before the signal {present}; rc {proc.returncode}; "
+          f"stderr {err.strip()!r}; left {files_in(out)}")
+    assert proc.returncode == code
+    assert err.strip() == f"npunet segment: {words}"
+    assert not temp.exists() and files_in(out) == []
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.4, 1.0])
+def test_ctrl_c_during_start_up(tmp_path, delay):
+    """Ctrl-C while Python and npunet start (imports, weights, kernels): exit 130 and one line, whenever it
+    falls."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    proc = subprocess.Popen([sys.executable, "-m", "npunet", "segment", str(inp), "-o", str(tmp_path / "o.nii.gz"),
+                             "--weights", str(WEIGHTS)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        pytest.skip(f"the run ended within {delay} s")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    print(f"\n  SIGINT after {delay} s: rc {proc.returncode}, stderr {lines[-1:]}")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and lines[-1] in ("npunet segment: interrupted", "npunet: interrupted")
+    assert all(not line.startswith("npunet") or line == lines[-1] for line in lines), err   # progress lines only
+    assert not (tmp_path / "o.nii.gz").exists() and not list(tmp_path.glob(".o.nii.gz*"))
+
+
+def test_sigterm_during_start_up(tmp_path):
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    proc = subprocess.Popen([sys.executable, "-m", "npunet", "segment", str(inp), "-o", str(tmp_path / "o.nii.gz"),
+                             "--weights", str(WEIGHTS), "--quiet"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() in ("npunet segment: terminated (SIGTERM)",
+                                                      "npunet: terminated (SIGTERM)"), err
+
+
+def test_two_concurrent_runs_one_output(tmp_path):
+    """Two runs write the same output without --overwrite, both past the up-front existence check, both with
+    their temporary files written: exactly one publishes, the other says "exists already"."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    out = tmp_path / "out" / "ct.nii.gz"
+    procs = [start_driver(tmp_path, "race", "segment", inp, "-o", out, "--quiet") for _ in range(2)]
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("ready-*"))) < 2:
+            assert time.time() < deadline and all(p.poll() is None for p in procs), \
+                [p.communicate()[1] for p in procs if p.poll() is not None]
+            time.sleep(0.05)
+        (tmp_path / "go").touch()
+        results = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    codes = sorted(p.returncode for p in procs)
+    errs = [e.strip() for _, e in results]
+    print(f"\n  exit codes {codes}; stderr {errs}; files {files_in(out.parent)}")
+    assert codes == [0, 2]
+    loser = errs[[p.returncode for p in procs].index(2)]
+    assert loser.count("\n") == 0 and "exists already" in loser and loser.startswith("npunet segment: error: ")
+    assert files_in(out.parent) == ["ct.labels.json", "ct.nii.gz"]
+    assert nib.load(out).shape == (12, 10, 8)
+
+
+def test_atomic_write_exclusive_between_threads(tmp_path):
+    """Eight threads publish the same name at once without overwrite: one wins, seven get InputError, and
+    the file holds the winner's bytes; no temporary file remains."""
+    target = tmp_path / "same.json"
+    barrier = threading.Barrier(8)
+    outcome = {}
+
+    def writer(i):
+        def write(tmp):
+            Path(tmp).write_text(f"writer {i}\n")
+            barrier.wait()
+        try:
+            atomic_write(target, write, overwrite=False)
+            outcome[i] = "won"
+        except InputError as exc:
+            outcome[i] = str(exc)
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, o in outcome.items() if o == "won"]
+    assert len(winners) == 1 and all("exists already" in o for o in outcome.values() if o != "won")
+    assert target.read_text() == f"writer {winners[0]}\n" and files_in(tmp_path) == ["same.json"]
+
+
+def test_closed_pipe_is_quiet(tmp_path):
+    """`npunet summary | head -0`: the reader is gone; no traceback, the conventional 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "npunet", "summary"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert proc.returncode == 141 and err == "", err
