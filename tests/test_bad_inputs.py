@@ -13,6 +13,7 @@ import gzip
 import os
 import shutil
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -322,9 +323,11 @@ def _set_tag(data_dir, tmp_path, **tags):
     folder = _series(data_dir, tmp_path)
     f = sorted(folder.iterdir())[5]
     ds = pydicom.dcmread(f)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.save_as(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")            # pydicom warns about the invalid values we mean to write
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        ds.save_as(f)
     return folder
 
 
@@ -534,7 +537,8 @@ def test_python_api_refusals_and_assumption(fake):
     data = small_ct()
     with pytest.raises(InputError, match="no orientation"):
         npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel())
-    out = npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel(), assume_orientation="RAS")
+    with pytest.warns(UserWarning, match="no orientation in the header: assuming RAS"):
+        out = npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel(), assume_orientation="RAS")
     assert np.array_equal(np.asarray(out.dataobj), fake_labels(data))
     with pytest.raises(InputError, match="complex128"):
         npunet.segment_image(nib.Nifti1Image(data.astype(np.complex128), np.eye(4)), model=FakeModel())
