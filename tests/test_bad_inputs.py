@@ -92,6 +92,13 @@ def _broken_link(tmp_path):
     return link
 
 
+def _link_loop(tmp_path):
+    link = tmp_path / "in" / "loop_0000.nii.gz"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(link.name)
+    return link
+
+
 def _fifo(tmp_path):
     fifo = tmp_path / "in" / "fifo_0000.nii.gz"
     fifo.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +142,7 @@ NIFTI_INPUTS = {
     "singular sform": (_singular_sform, ["affine is not invertible"]),
     "NaN in the sform": (lambda t: ct_file(t, srow_x=[np.nan, 0, 0, 0]), ["sform", "NaN"]),
     "broken link": (_broken_link, ["no such file"]),
+    "link to itself": (_link_loop, ["no such file"]),
     "a pipe": (_fifo, ["neither a file nor a folder"]),
     "empty file": (_empty_file, ["not a readable NIfTI"]),
 }
@@ -356,6 +364,8 @@ DICOM_INPUTS = {
     "bad orientation vectors": (lambda d, t: _set_tag(d, t, ImageOrientationPatient=[1, 0, 0, 1, 0, 0]),
                                 ["ImageOrientationPatient", "orthogonal"]),
     "other slice size": (lambda d, t: _set_tag(d, t, Rows=256), ["different sizes"]),
+    "other slice orientation": (lambda d, t: _set_tag(d, t, ImageOrientationPatient=[0, 1, 0, 0, 0, -1]),
+                                ["different orientations"]),
 }
 
 
