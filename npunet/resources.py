@@ -49,20 +49,10 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _meminfo(key: str) -> int | None:
+def _kib_field(path: str, key: str) -> int | None:
+    """Bytes in a "Key:   1234 kB" line of /proc/meminfo or /proc/self/status."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _status(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
@@ -89,7 +79,7 @@ def _address_space_free() -> int | None:
         return None
     if soft == resource.RLIM_INFINITY or soft < 0:
         return None
-    return max(soft - (_status("VmSize") or 0), 0)
+    return max(soft - (_kib_field("/proc/self/status", "VmSize") or 0), 0)
 
 
 def _user_limit_free() -> int | None:
@@ -100,12 +90,13 @@ def _user_limit_free() -> int | None:
         limit = parse_bytes(text)
     except ValueError as exc:
         raise ResourceError(f"${MEMORY_LIMIT_ENV}: {exc}") from None
-    return max(limit - (_status("VmRSS") or 0), 0)
+    return max(limit - (_kib_field("/proc/self/status", "VmRSS") or 0), 0)
 
 
 def available_memory() -> int | None:
     """Bytes this process may still allocate (see the module doc), or None when nothing says."""
-    candidates = [_meminfo("MemAvailable"), _cgroup_free(), _address_space_free(), _user_limit_free()]
+    candidates = [_kib_field("/proc/meminfo", "MemAvailable"), _cgroup_free(), _address_space_free(),
+                  _user_limit_free()]
     known = [c for c in candidates if c is not None]
     if not known:
         try:

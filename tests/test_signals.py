@@ -7,7 +7,6 @@ its temporary file. Nothing in npunet itself knows about the tests."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -21,7 +21,7 @@ from npunet.errors import NpunetError, WeightsError
 from npunet.labels import LABELS
 from npunet.preprocess import DEFAULT_PREPROCESSING
 from npunet.spec import expected_tensors, load_spec
-from npunet.weights import MAGIC, read_format1, read_weights, save_weights, upgrade_weights
+from npunet.weights import MAGIC, read_weights, save_weights, upgrade_weights
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,8 +23,8 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
-from npunet.io.validate import (check_affine, check_dims, check_header, check_orientation, check_voxels,
-                                hu_range_warning, parse_header)
+from npunet.io.validate import check_affine, check_dims, check_header, check_orientation, check_voxels, parse_header
+from npunet.io.validate import hu_range_warning  # noqa: F401  (re-exported: npunet.io, older callers)
 from npunet.publish import atomic_write, check_writable, exists_message, unpublish
 from npunet.resources import check_memory
 from npunet.third_party import captured
@@ -187,7 +187,7 @@ def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image",
 
 
 def _three_d(img, name: str):
-    shape = check_dims(tuple(int(s) for s in img.shape), name)
+    check_dims(tuple(int(s) for s in img.shape), name)
     if len(img.shape) > 3:
         img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
     check_affine(img.affine if img.affine is not None else img.header.get_best_affine(), name)
