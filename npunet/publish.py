@@ -12,18 +12,20 @@ so nibabel still picks gzip from `.gz`). Only once it has returned is the file p
   placeholder claims the name first and os.replace fills it.
 `unpublish(path)` takes back a file this process published (a failed job's clean-up) and leaves alone one
 that another process put there. Nothing is ever half-written under `path`, and a temporary file never
-outlives a failure, an exception,
-Ctrl-C or SIGTERM: it is removed on the way out. Every temporary file is also listed until it is gone, so
-`remove_temporaries()` (called by npunet.signals as the process exits on a signal) removes one even when the
-interruption fell between its creation and the cleanup code. Stdlib only: any layer may use it.
+outlives a failure, an exception, Ctrl-C or SIGTERM: it is removed on the way out. Creating a temporary file
+and listing it, and publishing a file and recording it as ours, each happen with the signals held back for
+those few system calls, so `remove_temporaries()` (called by npunet.signals as the process exits on a
+signal) and `unpublish` always know every file. Stdlib only: any layer may use it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from npunet.errors import InputError
@@ -60,22 +62,23 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
     path = Path(path)
     suffix = _suffix(path.name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=f".tmp{suffix}", dir=path.parent)
+        with _signals_deferred():         # no Ctrl-C between creating the file and listing it
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=f".tmp{suffix}", dir=path.parent)
+            with _LOCK:
+                _LIVE.add(tmp)
     except OSError as exc:
         raise InputError(f"{path}: cannot write in {path.parent} ({_one_line(exc)})") from None
-    with _LOCK:
-        _LIVE.add(tmp)
     try:
         os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o644 & ~_umask())     # mkstemp made it 0600; give it the usual permissions
-        identity = _identity(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _publish_exclusive(tmp, path)
-        with _LOCK:
-            _PUBLISHED[os.path.abspath(path)] = identity
+        with _signals_deferred():         # published and recorded as ours in one step
+            with _LOCK:
+                _PUBLISHED[os.path.abspath(path)] = _identity(tmp)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _publish_exclusive(tmp, path)
     except FileExistsError:
         raise InputError(exists_message(path)) from None
     except OSError as exc:
@@ -83,6 +86,20 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
     finally:
         _discard(tmp)
     return path
+
+
+@contextmanager
+def _signals_deferred():
+    """SIGINT / SIGTERM / SIGHUP held back (on this thread) for the block, delivered right after it."""
+    held = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def check_writable(path: str | os.PathLike) -> None:
