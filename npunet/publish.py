@@ -1,7 +1,8 @@
 """Putting a finished file in place: the one way npunet writes a file (label maps and their sidecars,
 statistics, previews, evaluation reports, weights).
 
-    atomic_write(path, write, overwrite=False)     # write(tmp) fills a temporary file; then it is published
+    atomic_write(path, write, overwrite=False)     # write(tmp) fills a temporary file, then it is published
+                                                   # (overwrite defaults to True: replace in place)
 
 `write(tmp)` writes a temporary file beside `path` (same folder, a hidden name ending in the same suffix,
 so nibabel still picks gzip from `.gz`). Only once it has returned is the file published under `path`:

@@ -23,7 +23,8 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
-from npunet.io.validate import check_affine, check_dims, check_header, check_orientation, check_voxels, parse_header
+from npunet.io.validate import (check_affine, check_dims, check_header, check_header_fields, check_orientation,
+                                check_voxels, parse_header)
 from npunet.io.validate import hu_range_warning  # noqa: F401  (re-exported: npunet.io, older callers)
 from npunet.publish import atomic_write, check_writable, exists_message, unpublish
 from npunet.resources import check_memory
@@ -175,9 +176,7 @@ def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image",
         raise InputError(f"{name}: the image has no affine")
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
-    dtype = np.dtype(img.get_data_dtype())
-    if dtype.kind not in "biuf":
-        raise InputError(f"{name}: {dtype} voxels; npunet needs one real value per voxel")
+    check_header_fields(img.header, name)
     check_orientation(img.header, name, assume_orientation)
     img = _three_d(img, name)
     check_memory(4 * int(np.prod(img.shape, dtype=np.float64)), f"{name} as float32")

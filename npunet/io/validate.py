@@ -90,22 +90,7 @@ def check_header(hdr, name: str, *, file_bytes: int | None = None, gzip_bytes: i
     then reads or decompresses, and no more. Raises InputError, or ResourceError when it would not fit in
     memory."""
     shape = check_dims(header_shape(hdr, name), name)
-    code = int(hdr["datatype"])
-    if code not in REAL_DTYPE_CODES:
-        kind = {32: "complex64", 1792: "complex128", 2048: "complex256", 128: "RGB", 2304: "RGBA",
-                1: "1-bit"}.get(code)
-        if kind:
-            fix = "take the magnitude or the real part first" if "complex" in kind else "convert it to grey levels"
-            raise InputError(f"{name}: {kind} voxels; npunet needs one real value per voxel ({fix})")
-        raise InputError(f"{name}: corrupt header: data type code {code} is not a NIfTI voxel type")
-    dtype = hdr.get_data_dtype()
-    pixdim = np.asarray(hdr["pixdim"], dtype=np.float64)
-    zooms = pixdim[1:4]
-    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
-        raise InputError(f"{name}: voxel sizes pixdim[1:4] = {_fmt(zooms)} must be finite and > 0 (nibabel would "
-                         f"assume 1 mm for 0, and drop a minus sign); fix the header")
-    _check_xform(hdr, pixdim, name)
-    _check_scaling(hdr, name)
+    dtype = check_header_fields(hdr, name)
     single = SINGLE_FILE_OFFSET[type(hdr)]
     offset = float(hdr["vox_offset"])
     if not math.isfinite(offset) or (offset != 0 and offset < single) or offset > 2**40:
@@ -128,6 +113,27 @@ def check_header(hdr, name: str, *, file_bytes: int | None = None, gzip_bytes: i
     return end
 
 
+def check_header_fields(hdr, name: str) -> np.dtype:
+    """The header checks that do not depend on the file (also for images built in memory): a real voxel
+    type, voxel sizes finite and > 0, valid qform/sform, a usable scaling. Returns the voxel dtype."""
+    code = int(hdr["datatype"])
+    if code not in REAL_DTYPE_CODES:
+        kind = {32: "complex64", 1792: "complex128", 2048: "complex256", 128: "RGB", 2304: "RGBA",
+                1: "1-bit"}.get(code)
+        if kind:
+            fix = "take the magnitude or the real part first" if "complex" in kind else "convert it to grey levels"
+            raise InputError(f"{name}: {kind} voxels; npunet needs one real value per voxel ({fix})")
+        raise InputError(f"{name}: corrupt header: data type code {code} is not a NIfTI voxel type")
+    pixdim = np.asarray(hdr["pixdim"], dtype=np.float64)
+    zooms = pixdim[1:4]
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(f"{name}: voxel sizes pixdim[1:4] = {_fmt(zooms)} must be finite and > 0 (nibabel would "
+                         f"assume 1 mm for 0, and drop a minus sign); fix the header")
+    _check_xform(hdr, pixdim, name)
+    _check_scaling(hdr, name)
+    return hdr.get_data_dtype()
+
+
 def _check_xform(hdr, pixdim: np.ndarray, name: str) -> None:
     valid = set(nib.nifti1.xform_codes.value_set())
     q, s = int(hdr["qform_code"]), int(hdr["sform_code"])
@@ -138,13 +144,13 @@ def _check_xform(hdr, pixdim: np.ndarray, name: str) -> None:
         srow = np.array([hdr["srow_x"], hdr["srow_y"], hdr["srow_z"]], dtype=np.float64)
         if not np.all(np.isfinite(srow)):
             raise InputError(f"{name}: the sform (srow_x/y/z) holds NaN or Inf values")
-    elif q > 0:
+    if q > 0:            # checked even behind an sform: other programs may read the qform
         bcd = np.array([hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"]], dtype=np.float64)
         qoff = np.array([hdr["qoffset_x"], hdr["qoffset_y"], hdr["qoffset_z"]], dtype=np.float64)
         if not np.all(np.isfinite(bcd)) or not np.all(np.isfinite(qoff)) or float(bcd @ bcd) > 1 + 1e-6:
             raise InputError(f"{name}: the qform is invalid (quaternion b, c, d = {_fmt(bcd)}, offsets "
                              f"{_fmt(qoff)}); its orientation cannot be trusted")
-        if pixdim[0] not in (-1.0, 0.0, 1.0):
+        if s == 0 and pixdim[0] not in (-1.0, 0.0, 1.0):
             raise InputError(f"{name}: pixdim[0] (qfac) = {pixdim[0]:g}, must be 1 or -1; readers disagree on "
                              f"what it means for the slice direction")
 
