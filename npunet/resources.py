@@ -6,9 +6,9 @@ raises ResourceError, with both numbers, when the allocation would not fit in th
 
 Available memory is the least of: /proc/meminfo's MemAvailable; the container's limit minus its usage
 (cgroup v2 memory.max / memory.current, or v1); the address-space limit (ulimit -v) minus what the process
-already maps; and $NPUNET_MEMORY_LIMIT (bytes, or with a K/M/G/T suffix: "4G") minus what the process already
-holds (its resident size), for a user who wants npunet to stay within a share of a machine. Where none of
-these can be read, the check passes: the operating system then has the last word.
+already maps; and $NPUNET_MEMORY_LIMIT (bytes, or with a K/M/G/T suffix: "4G"), the most a user lets npunet
+plan for one step (reading an image, segmenting a batch of slices), to keep it within a share of a machine.
+Where none of these can be read, the check passes: the operating system then has the last word.
 """
 
 from __future__ import annotations
@@ -87,10 +87,9 @@ def _user_limit_free() -> int | None:
     if not text:
         return None
     try:
-        limit = parse_bytes(text)
+        return parse_bytes(text)
     except ValueError as exc:
         raise ResourceError(f"${MEMORY_LIMIT_ENV}: {exc}") from None
-    return max(limit - (_kib_field("/proc/self/status", "VmRSS") or 0), 0)
 
 
 def available_memory() -> int | None:

@@ -73,12 +73,12 @@ def header_shape(hdr, name: str) -> tuple[int, ...]:
 def check_dims(shape: tuple, name: str) -> tuple[int, int, int]:
     """The 3D shape of an image of `shape`: refuses 1D/2D and several volumes; trailing 1s are dropped."""
     if len(shape) < 3:
-        raise InputError(f"{name}: a {len(shape)}D image of shape {shape}; need a 3D CT volume")
+        raise InputError(f"{name}: a {len(shape)}D image of shape {shape}; need a 3D volume")
     if any(s == 0 for s in shape):
         raise InputError(f"{name}: empty image, shape {shape} has an axis of size 0")
     if len(shape) > 3 and any(s != 1 for s in shape[3:]):
         raise InputError(f"{name}: a {len(shape)}D image of shape {shape} holds several volumes; "
-                         f"need one 3D CT volume (split it first)")
+                         f"need one 3D volume (split it first)")
     return tuple(int(s) for s in shape[:3])
 
 
