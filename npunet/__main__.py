@@ -1,11 +1,19 @@
-"""`python -m npunet` is the `npunet` command."""
+"""`python -m npunet` is the `npunet` command; `run` is also the console script's entry point, so that the
+signal handling (npunet.signals) is in place before anything slow is imported: Ctrl-C or SIGTERM during
+start-up ends with one line and exit code 130 / 143 like at any other moment."""
 import sys
 
-from npunet import signals  # light: Ctrl-C and SIGTERM exit cleanly from here on, even during the imports
+from npunet import signals  # light: the standard library and npunet.errors only
 
-signals.install()
-try:
-    from npunet.cli import console
-except (KeyboardInterrupt, signals.Terminated) as exc:
-    sys.exit(signals.finish_interrupted(exc, None))
-sys.exit(console())
+
+def run() -> int:
+    signals.install()
+    try:
+        from npunet.cli import console
+    except (KeyboardInterrupt, signals.Terminated) as exc:
+        return signals.finish_interrupted(exc, None)
+    return console()
+
+
+if __name__ == "__main__":
+    sys.exit(run())
