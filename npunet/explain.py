@@ -43,14 +43,15 @@ from npunet.preprocess import DEFAULT_PREPROCESSING, axial_axis, canonical, prep
 from npunet.preview import WINDOW_HU, colour_of, colourise
 from npunet.summary import layer_costs
 
-MAP_PX = 96             # display size of a feature map (CSS px; the PNG keeps the map's own resolution)
-SMALL_PX = 72           # display size of a map beside a filter
-FILTER_PX = 36          # display size of a 3x3 filter
-MAPS_SHOWN = 4          # feature maps shown per tensor: the channels with the largest spatial spread
-DECODER_MAPS_SHOWN = 3  # per tensor in a decoder stage (three tensors side by side)
-FILTERS_SHOWN = 6       # depthwise filters shown per stage
-ECA_SHOWN = 3           # most kept / most suppressed channels shown per ECA layer
-TERMS_SHOWN = 4         # pointwise terms shown per mixed output channel
+MAP_PX = 96               # display size of a feature map (CSS px; the PNG keeps the map's own resolution)
+SMALL_PX = 72             # display size of a map beside a filter
+FILTER_PX = 36            # display size of a 3x3 filter
+MAPS_SHOWN = 4            # feature maps shown per tensor: the channels with the largest spatial spread
+DECODER_MAPS_SHOWN = 3    # per tensor in a decoder stage (three tensors side by side)
+FILTERS_SHOWN = 6         # depthwise filters (or dense outputs) shown per stage
+DENSE_FILTERS_SHOWN = 6   # per dense output channel: its 3x3 filters on this many input channels at most
+ECA_SHOWN = 3             # most kept / most suppressed channels shown per ECA layer
+TERMS_SHOWN = 4           # pointwise terms shown per mixed output channel
 SECTIONS = ("input", "encoder", "eca", "groupnorm", "decoder", "layers")
 
 
@@ -209,8 +210,8 @@ def _section_input(si: SliceInput, volume_shape: tuple, net: Network) -> str:
                       f"{hi:g} HU is 1 (white)"],
         ["2.5D channels", f"slices {', '.join(map(str, si.channel_files))} (the slice and its neighbours, "
                           f"repeated at the ends of the volume)"],
-        ["square", f"padded to {si.side} x {si.side} with 0 (the slice at rows {si.window.y0}.."
-                   f"{si.window.y0 + si.window.height - 1}, columns {si.window.x0}..{si.window.x0 + si.window.width - 1})"],
+        ["square", f"already square, {si.side} x {si.side}" if nx == ny else
+                   f"padded to {si.side} x {si.side} with 0 (air, after the window), the slice centred"],
         ["network input", f"{' x '.join(map(str, si.x.shape[1:]))} float32 (bilinear resize, "
                           f"{size / si.side:.3f} network pixels per CT pixel)"],
     ], "facts")
@@ -275,7 +276,7 @@ def _encoder_stage(i: int, net: Network, by_name: dict, costs: dict, x: np.ndarr
         html.append(_dense_panel(net, by_name[first[0].name]))
     html.append("<h4>What the block costs here, against dense 3x3 convs</h4>"
                 + _table(["conv", "channels", "kind", "params", "multiply-adds", "dense 3x3 params",
-                          "dense 3x3 multiply-adds", "saving"], _cost_rows(units, costs), "numbers"))
+                          "dense 3x3 multiply-adds", "saving"], _cost_rows(units, costs), "numbers costs"))
     html.append("</section>")
     return "".join(html)
 
@@ -336,34 +337,45 @@ def _pointwise_panel(net: Network, dw: LayerStep, pw: LayerStep) -> str:
 
 
 def _dense_panel(net: Network, conv: LayerStep) -> str:
-    """A dense first conv: its 3x3 filters over every input channel, beside its outputs."""
+    """A dense conv: the 3x3 filters of its most varied outputs (the strongest few per output), beside them."""
     w = net.tensors[f"{conv.layer.name}.weight"]                      # (Co, Ci, 3, 3)
+    ci = w.shape[1]
     limit = float(np.abs(w).max())
     rows = []
     for c in _spread_order(conv.output[0])[:FILTERS_SHOWN]:
+        strongest = np.sort(np.argsort(-np.abs(w[c]).sum(axis=(1, 2)), kind="stable")[:DENSE_FILTERS_SHOWN])
         filters = "".join(_img(diverging(radiological(w[c, k]), limit), f"filter {c} on input channel {k}",
-                               FILTER_PX, cls="filter") for k in range(w.shape[1]))
+                               FILTER_PX, cls="filter") for k in strongest)
+        more = f", the {len(strongest)} strongest" if len(strongest) < ci else ""
         rows.append('<div class="dwrow">' + _figure(f"<div class=filters>{filters}</div>",
-                                                    f"filter {c}: {w.shape[1]} x 3x3")
+                                                    f"filter {c}: {ci} x 3x3{more}")
                     + '<div class=op>=</div>'
                     + _figure(_map_img(conv.output[0, c], f"{conv.layer.name} channel {c}", SMALL_PX,
                                        conv.layer.name, c), f"out ch {c}")
                     + "</div>")
+    why = (f" With only {ci} input channels a depthwise conv would have almost nothing to work with."
+           if ci <= 4 else "")
     return (f"<h4>Dense 3x3 ({conv.layer.name}): every filter reads every input channel</h4>"
-            f"<p>This first stage keeps ordinary convolutions: with only {w.shape[1]} input channels a depthwise "
-            f"conv would have almost nothing to work with. Each output channel has one 3x3 filter per input "
+            f"<p>This stage uses ordinary convolutions.{why} Each output channel has one 3x3 filter per input "
             f"channel (scale &plusmn;{limit:.3g}); the {FILTERS_SHOWN} outputs that vary most:</p>"
             f"<div class=dwgrid>{''.join(rows)}</div>")
 
 
 def _section_encoder(net: Network, by_name: dict, costs: dict, x: np.ndarray) -> str:
-    stages = "".join(_encoder_stage(i, net, by_name, costs, x) for i in range(len(net.spec["encoder"])))
+    encoder = net.spec["encoder"]
+    stages = "".join(_encoder_stage(i, net, by_name, costs, x) for i in range(len(encoder)))
+    ds = [str(i) for i, st in enumerate(encoder) if st["conv"] == "ds"]
+    with_eca = [str(i) for i, st in enumerate(encoder) if st.get("eca_kernel")]
+    kinds = (f"Stage{'s' if len(ds) > 1 else ''} {', '.join(ds)} replace each dense 3x3 conv by a depthwise "
+             f"separable pair: a depthwise 3x3 conv filters every channel on its own, then a pointwise 1x1 conv "
+             f"mixes the channels; the other stages use dense 3x3 convs. " if ds else
+             "Every stage uses dense 3x3 convs. ")
+    eca = (f"Stage{'s' if len(with_eca) > 1 else ''} {', '.join(with_eca)} end with ECA. " if with_eca else "")
     return ('<section id="encoder"><h2>2. The encoder</h2>'
-            "<p>Each stage halves the resolution (2x2 max-pool, from stage 1 on) and doubles the channels. Stages "
-            "1 and up replace each dense 3x3 conv by a depthwise separable pair: a depthwise 3x3 conv filters "
-            "every channel on its own, then a pointwise 1x1 conv mixes the channels. Every conv is followed by "
-            "GroupNorm and ReLU, and every stage ends with ECA. Feature maps are shown in grey, each on its own "
-            "range (printed under it), for the channels that vary most.</p>" + stages + "</section>")
+            "<p>Each stage after the first halves the resolution (2x2 max-pool) and doubles the channels. "
+            + kinds + "Every conv is followed by GroupNorm and ReLU. " + eca +
+            "Feature maps are shown in grey, each on its own range (printed under it), for the channels that vary "
+            "most.</p>" + stages + "</section>")
 
 
 def _section_eca(net: Network, steps: list[LayerStep]) -> str:
@@ -413,7 +425,7 @@ def _section_eca(net: Network, steps: list[LayerStep]) -> str:
             "channel and its nearest neighbours only), and squashes the result with a sigmoid. "
             "gate = sigmoid(conv1d(mean over H, W)); out = x * gate. A channel's maps before and after share "
             "one grey scale (black 0, white its brightest values before ECA), so a small gate shows as a darker "
-            "map.</p>" + "".join(parts) + "</section>")
+            "map.</p>" + ("".join(parts) or "<p><b>This network has no ECA layers.</b></p>") + "</section>")
 
 
 def _section_groupnorm(net: Network, steps: list[LayerStep]) -> str:
@@ -587,8 +599,10 @@ img.filter { border-color: #999; background: #fff; }
 .kernel { font-family: ui-monospace, monospace; font-size: 9px; line-height: 1.1; }
 table { border-collapse: collapse; margin: 6px 0; }
 th, td { border-bottom: 1px solid #e4e4e4; padding: 2px 8px; text-align: left; vertical-align: top; }
-table.numbers td, table.numbers th { text-align: right; } table.numbers td:nth-child(2) { text-align: left; }
-table.layers td:nth-child(3) { text-align: left; }
+table.numbers td, table.numbers th { text-align: right; }
+table.costs td:nth-child(-n+3), table.costs th:nth-child(-n+3) { text-align: left; }
+table.layers td:nth-child(2), table.layers td:nth-child(3), table.layers th:nth-child(2),
+table.layers th:nth-child(3) { text-align: left; }
 table.facts td:first-child { font-weight: 600; }
 .eca { background: #fff; border: 1px solid #e2e2e8; border-radius: 6px; padding: 4px 14px 12px; margin: 12px 0; }
 .chart { margin-right: 16px; }
@@ -633,7 +647,7 @@ def explain_slice(net: Network, volume_hu: np.ndarray, affine: np.ndarray, z_fil
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>npunet explain: {escape(case)}, slice {z_file}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>One CT slice through the network</h1>"
+            f'<header data-case="{escape(case)}" data-slice="{z_file}"><h1>One CT slice through the network</h1>'
             f"<p><b>{escape(case)}</b>{' (' + escape(source) + ')' if source else ''}, axial slice <b>{z_file}</b> "
             f"of {volume_hu.shape[axial_axis(affine)]}{': ' + escape(reason) if reason else ''}. Network "
             f"<b>{escape(net.spec.get('name', '?'))}</b>, {params:,} parameters, {len(net.plan)} layers, input "

@@ -161,7 +161,8 @@ def scale_down(rgb: np.ndarray, factor: int) -> np.ndarray:
 def build_example(report: Path) -> None:
     data = Path(os.environ.get("NPUNET_DATA", ROOT.parent / "shared" / "data"))
     from npunet.cli import main
-    code = main(["explain", str(data / EXAMPLE_CT), "-o", str(report), "--overwrite"])
+    ct = os.path.relpath(data / EXAMPLE_CT)          # the page names the CT as given: no machine's absolute path
+    code = main(["explain", ct, "-o", str(report), "--overwrite"])
     if code:
         raise Problem(f"npunet explain failed with exit code {code}")
 
