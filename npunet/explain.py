@@ -549,15 +549,16 @@ def _section_layers(steps: list[LayerStep], costs: dict, seconds: np.ndarray, wh
     rows.append(["", "<b>total</b>", "", "", f"<b>{_n(params)}</b>", f"<b>{_n(macs)}</b>",
                  f"<b>{total * 1e3:.2f}</b>", ""])
     import numba
-    machine = _cpu_name()
+    timed = f"{runs} runs" if runs > 1 else "one run"
     return ('<section id="layers"><h2>6. Every layer</h2>'
             f"<p>Output shape (channels x height x width), parameters and multiply-adds (as <code>npunet "
-            f"summary</code> counts them: convolutions only), and the wall time of each layer for this slice, the "
-            f"median of {runs} runs of the same forward pass <code>net(x)</code> runs, measured while this report was "
-            f"made on {escape(machine)} with {numba.get_num_threads()} Numba threads. Where a GroupNorm + ReLU or an "
-            f"upsample + concat feeds a dense conv, that conv does their work as it reads its input, so their rows "
-            f"show almost no time and the conv's row holds it. The whole forward pass, timed as one call: "
-            f"<b>{whole * 1e3:.2f} ms</b> (median of {runs}). Times at batch 1 on a shared machine are noisy.</p>"
+            f"summary</code> counts them: convolutions only), and the wall time of each layer for this slice: the "
+            f"median over {timed} of the forward pass <code>net(x)</code> runs, layer by layer "
+            f"(<code>Network.run_layers</code>), measured while this report was made, on {escape(_cpu_name())} with "
+            f"{numba.get_num_threads()} Numba threads. Where a GroupNorm + ReLU or an upsample + concat feeds a "
+            f"dense conv, that conv does their work as it reads its input, so their rows show almost no time and "
+            f"the conv's row holds it. The whole forward pass, timed as one call: <b>{whole * 1e3:.2f} ms</b> "
+            f"(median over {timed}). Times at batch 1 on a shared machine are noisy.</p>"
             + _table(["#", "layer", "op", "output", "params", "multiply-adds", "ms", "share"], rows, "numbers layers")
             + "</section>")
 
@@ -629,7 +630,7 @@ def explain_slice(net: Network, volume_hu: np.ndarray, affine: np.ndarray, z_fil
     say(f"following slice {z_file} through {len(net.plan)} layers")
     steps = list(net.run_layers(si.x, keep=True))
     by_name = {s.layer.name: s for s in steps}
-    say(f"timing every layer ({runs} runs)")
+    say(f"timing every layer ({runs} run{'s' if runs > 1 else ''})")
     seconds, whole = measure_layers(net, si.x, runs)
     size = si.x.shape[2]
     costs = {c.layer.name: c for c in layer_costs(net.spec, size, si.x.shape[3])}

@@ -28,6 +28,8 @@ parameters, multiply-adds and measured times.
 examples:
   npunet explain ct.nii.gz -o ct_explained.html
   npunet explain ct.nii.gz -o slice40.html --slice 40 --weights my.npuw
+
+exit codes: 0 success; 2 bad input, slice, weights or output (nothing written).
 """
 
 
@@ -103,7 +105,14 @@ def run(args: argparse.Namespace) -> int:
         z, reason = args.slice, "chosen with --slice"
     else:
         say(f"choosing the slice: the network over all {nz} slices")
-        counts = organ_pixels_per_slice(net, volume, img.affine)
+        quarters = set()
+
+        def progress(done: int, total: int) -> None:      # a line at each quarter, for long CTs
+            quarter = 4 * done // total
+            if total > 50 and quarter > 0 and quarter not in quarters:
+                quarters.add(quarter)
+                say(f"choosing the slice: {done}/{total}")
+        counts = organ_pixels_per_slice(net, volume, img.affine, progress=progress)
         if counts.max() > 0:
             z = int(np.argmax(counts))
             reason = (f"the slice with the most organ pixels predicted ({int(counts[z]):,} of "

@@ -187,6 +187,7 @@ def test_file_slice_order_follows_the_affine():
     (["FOLDER", "-o", "OUT/r.html"], "cases; explain one CT: give its file"),
     (["OUT/missing.nii.gz", "-o", "OUT/r.html"], "missing.nii.gz: no such file"),
     (["CT", "-o", "OUT/r.html", "--runs", "0"], "--runs must be at least 1, got 0"),
+    (["CT", "-o", "OUT/r.html", "--weights", "OUT/exists.html"], "exists.html is not an npunet weights file"),
 ])
 def test_user_mistakes_are_one_line_errors_and_write_nothing(argv, message, data_dir, tmp_path, capsys):
     (tmp_path / "exists.html").write_text("keep me")
