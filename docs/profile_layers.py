@@ -3,10 +3,9 @@
     python docs/profile_layers.py                      # batch 8 at 192x192, 5 runs, the fixture weights
     python docs/profile_layers.py --runs 9 --batch 1   # other settings
 
-Steps through the layer generator behind Network.__call__ and Network.trace (Network._run, without the
-copies trace makes), so every layer runs exactly as in a normal forward pass; times each step with
-time.perf_counter, takes the median over the runs per layer, and sums the medians
-per op type. One warm-up pass first, so Numba compilation (or cache loading) is not counted. The weights
+Runs the forward pass through Network.run_layers, the public per-layer hook (without keep, so every
+layer runs exactly as in net(x): same kernels, buffers and fusions), which times each layer's kernel calls
+with time.perf_counter; takes the median over the runs per layer, and sums the medians per op type. One warm-up pass first, so Numba compilation (or cache loading) is not counted. The weights
 are the random ones in tests/fixtures/ (same shapes as trained weights: the speed does not depend on the
 values). Timings on a shared machine are noisy: compare runs made side by side.
 """
@@ -32,14 +31,8 @@ def profile(net, x, runs):
     """{layer index: [seconds per run]} for each layer of net.plan on input x."""
     times = defaultdict(list)
     for _ in range(runs + 1):                                      # the first pass is the warm-up
-        steps = net._run(x, keep=False)                            # yields (layer, output) after each layer
-        i = 0
-        while True:
-            t0 = time.perf_counter()
-            if next(steps, None) is None:
-                break
-            times[i].append(time.perf_counter() - t0)
-            i += 1
+        for step in net.run_layers(x):
+            times[step.index].append(step.seconds)
     return {i: t[1:] for i, t in times.items()}
 
 

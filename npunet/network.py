@@ -2,8 +2,11 @@
 
 `Network(spec, tensors)` walks `npunet.spec.layer_plan(spec)`: every layer is one kernel call on NCHW float32
 arrays, and its tensors are looked up by the torch module path (`encoder.1.convs.0.pointwise.weight`), so
-there is no hand-written mapping between torch and npunet. `Network.trace(x)` returns every layer's
-output, for teaching and for debugging parity.
+there is no hand-written mapping between torch and npunet. `Network.run_layers(x)` is the public
+per-layer hook: it yields a LayerStep per layer (its output and wall time; with keep=True also a copy of
+its input, an ECA layer's gates and a GroupNorm's per-group statistics), for teaching (`npunet explain`),
+profiling (docs/profile_layers.py) and debugging parity; `Network.trace(x)` is its short form, the list of
+(layer, output).
 
 Memory: every layer writes into a buffer that the network keeps and reuses from call to call (writing
 never-touched memory is slow, and a batch loop would otherwise allocate ~70 fresh arrays per call).
@@ -18,16 +21,46 @@ leading slice). For the default model at 192x192 they hold about 37 MB per slice
 
     net = npunet.load()                    # the shipped weights, or npunet.load("my.npuw")
     logits = net(x)                        # x (N, 3, H, W) float32 -> (N, 14, H, W) float32
+    for step in net.run_layers(x, keep=True):
+        print(step.layer.name, step.output.shape, f"{step.seconds * 1e3:.2f} ms")
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from npunet import kernels as K
 from npunet.spec import Layer, expected_tensors, layer_plan
+
+
+@dataclass
+class LayerStep:
+    """One layer of a forward pass, as Network.run_layers yields it. Arrays are (N, C, H, W) unless noted.
+
+    output      the layer's output: with keep=True a copy; without, the network's own buffer, valid only
+                until the next layer runs (and, where the fused path leaves a step to the next conv, the
+                step's input unchanged: see Network.run_layers)
+    seconds     wall time of the layer's kernel call(s) (copies and the extras below not included)
+    input       keep=True only: the layer's input, i.e. the previous step's output (the network input for
+                the first layer; a concat also reads the skip saved by its encoder stage)
+    gate        keep=True, eca layers: (N, C) float32, the gates the kernel applied,
+                output[n, c] == input[n, c] * gate[n, c]
+    group_mean, group_std    keep=True, norm_relu layers: (N, groups) float64, the per-group mean and
+                standard deviation (biased, before eps) of the input that GroupNorm normalised
+    """
+    index: int
+    layer: Layer
+    output: np.ndarray
+    seconds: float
+    input: np.ndarray | None = None
+    gate: np.ndarray | None = None
+    group_mean: np.ndarray | None = None
+    group_std: np.ndarray | None = None
 
 
 class Network:
@@ -57,22 +90,40 @@ class Network:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x (N, in_channels, H, W) -> logits (N, num_classes, H, W), float32."""
-        for _, out in self._run(x, keep=False):
-            pass
-        return out
-
-    def trace(self, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:
-        """Every layer with its output, in execution order (for teaching and parity debugging)."""
-        return list(self._run(x, keep=True))
-
-    def _run(self, x, keep: bool):
-        """Yields (layer, output) per layer. Without keep, an upsample+concat or a norm_relu that feeds a
-        Winograd conv is left to that conv (those steps yield their input unchanged)."""
         x = self._check_input(x)
         skips: dict = {}
         for i, layer in enumerate(self.plan):
-            x = self._apply(i, layer, x, skips, fuse=not keep)
-            yield layer, (x.copy() if keep else x)
+            x = self._apply(i, layer, x, skips, fuse=True)
+        return x
+
+    def trace(self, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:
+        """Every layer with a copy of its output, in execution order (for teaching and parity debugging)."""
+        return [(step.layer, step.output) for step in self.run_layers(x, keep=True)]
+
+    def run_layers(self, x: np.ndarray, keep: bool = False) -> Iterator[LayerStep]:
+        """The forward pass of x (N, in_channels, H, W), one LayerStep per layer of self.plan, in order.
+
+        keep=False runs exactly what net(x) runs (same kernels, same buffers, same fusions), for timing it
+        layer by layer: an upsample+concat or a GroupNorm+ReLU that feeds a Winograd conv is left to that
+        conv (those steps take ~0 s and yield their input unchanged; their work is timed in the conv).
+        keep=True runs every step on its own, so every output is there to look at (bit-identical results:
+        the last output equals net(x)), and fills the LayerStep's input, gate and group statistics."""
+        x = self._check_input(x)
+        before = x                     # with keep: a copy of the current layer's input (layers run in place)
+        skips: dict = {}
+        for i, layer in enumerate(self.plan):
+            gate = np.empty(x.shape[:2], np.float32) if keep and layer.op == "eca" else None
+            t0 = time.perf_counter()
+            x = self._apply(i, layer, x, skips, fuse=not keep, gate=gate)
+            seconds = time.perf_counter() - t0
+            if not keep:
+                yield LayerStep(i, layer, x, seconds)
+                continue
+            step = LayerStep(i, layer, x.copy(), seconds, input=before, gate=gate)
+            if layer.op == "norm_relu":
+                step.group_mean, step.group_std = K.group_norm_statistics(before, self.groups)
+            before = step.output
+            yield step
 
     def _buffer(self, i: int, shape: tuple) -> np.ndarray:
         """Layer i's reusable output buffer for `shape` (N, C, H, W): a leading slice of one kept array."""
@@ -99,7 +150,7 @@ class Network:
                              f"{len(self.spec['encoder'])} encoder stages, got {x.shape[2]}x{x.shape[3]}")
         return x
 
-    def _apply(self, i: int, layer: Layer, x: np.ndarray, skips: dict, fuse: bool) -> np.ndarray:
+    def _apply(self, i: int, layer: Layer, x: np.ndarray, skips: dict, fuse: bool, gate=None) -> np.ndarray:
         t, n = self.tensors, layer.name
         op = layer.op
         N, C, H, W = x.shape
@@ -125,7 +176,7 @@ class Network:
                 return x
             return K.group_norm(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups, self.eps, relu=True, out=x)
         if op == "eca":
-            return K.eca(x, t[f"{n}.conv.weight"], out=x)
+            return K.eca(x, t[f"{n}.conv.weight"], out=x, gate=gate)
         if op == "maxpool":
             return K.max_pool2x2(x, out=self._buffer(i, (N, C, H // 2, W // 2)))
         if op == "save_skip":

@@ -65,8 +65,9 @@ def _resample(panel: np.ndarray, height: int, width: int) -> np.ndarray:
     return panel[rows[:, None], cols[None, :]]
 
 
-def _colourise(hu: np.ndarray, lab: np.ndarray) -> np.ndarray:
-    lo, hi = WINDOW_HU
+def colourise(hu: np.ndarray, lab: np.ndarray, window: tuple[float, float] = WINDOW_HU) -> np.ndarray:
+    """hu, lab: (H, W) -> (H, W, 3) uint8: the CT in grey through `window` (HU), labels blended in COLOURS."""
+    lo, hi = window
     grey = (np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0, 1) * 255)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     mask = lab > 0
@@ -102,12 +103,12 @@ def render_preview(volume_hu: np.ndarray, labels: np.ndarray, affine: np.ndarray
         # rows: anterior (high y) at the top; columns: patient's right (high x in RAS) on the left
         hu, lb = vol[::-1, ::-1, z].T, lab[::-1, ::-1, z].T
         h, w = panel_size(ny, sy, nx, sx)
-        axial.append(_colourise(_resample(hu, h, w), _resample(lb, h, w)))
+        axial.append(colourise(_resample(hu, h, w), _resample(lb, h, w)))
     for y in _pick(ylo, yhi, (0.4, 0.6)):
         # rows: superior (high z) at the top; columns: patient's right on the left
         hu, lb = vol[::-1, y, ::-1].T, lab[::-1, y, ::-1].T
         h, w = panel_size(nz, sz, nx, sx)
-        coronal.append(_colourise(_resample(hu, h, w), _resample(lb, h, w)))
+        coronal.append(colourise(_resample(hu, h, w), _resample(lb, h, w)))
     return _tile([axial, coronal])
 
 

@@ -366,6 +366,40 @@ def test_eca_reads_k_from_weight_and_rejects_even_k():
         K.eca(x, np.ones((1, 1, 4), np.float32))
 
 
+def test_eca_hands_back_the_gates_it_applied():
+    """eca(gate=) fills the gates the kernel multiplied by: out == x * gate in float32, bit for bit, and the
+    gates equal sigmoid(conv1d(mean)) (the float64 twin, and torch)."""
+    rng = np.random.default_rng(10)
+    x, w = _rand(rng, 2, 24, 9, 7) + 0.3, _rand(rng, 1, 1, 5)
+    gate = np.full((2, 24), np.nan, np.float32)
+    out = K.eca(x, w, gate=gate)
+    assert np.array_equal(out, x * gate[:, :, None, None])
+    ref = K.eca_gate_reference(x, w)
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    with torch.no_grad():
+        z = F.conv1d(torch.from_numpy(x).mean((2, 3))[:, None, :], torch.from_numpy(w), padding=2)
+        want = torch.sigmoid(z)[:, 0].numpy()
+    print(f"\n  eca gates: fast-reference {_maxdiff(gate, ref):.2e}, fast-torch {_maxdiff(gate, want):.2e}", end="")
+    assert _maxdiff(gate, ref) <= 1e-7 and _maxdiff(gate, want) <= 1e-6
+    with pytest.raises(ValueError, match=r"gate must be .* \(2, 24\)"):
+        K.eca(x, w, gate=np.empty((2, 23), np.float32))
+
+
+def test_group_norm_statistics_match_torch():
+    """The per-group mean and standard deviation GroupNorm uses: torch's native_group_norm returns the mean
+    and 1/sqrt(var + eps); with eps = 0 that is 1/std."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x = _rand(rng, 2, 16, 12, 10, scale=3.0) + 100.0            # a large mean: the statistics must keep it
+    mean, std = K.group_norm_statistics(x, 4)
+    _, t_mean, t_rstd = torch.native_group_norm(torch.from_numpy(x).double(), None, None, 2, 16, 120, 4, 0.0)
+    d_mean = _maxdiff(mean, t_mean.numpy())
+    d_std = _maxdiff(std, 1.0 / t_rstd.numpy())
+    print(f"\n  group statistics vs torch (float64): mean {d_mean:.1e}, std {d_std:.1e}", end="")
+    assert mean.shape == std.shape == (2, 4) and d_mean < 1e-10 and d_std < 1e-10
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bilinear coordinates and the fused upsample + argmax
 # ---------------------------------------------------------------------------------------------------------

@@ -99,6 +99,35 @@ def test_trace_lists_every_layer(converted):
     assert trace[0][1].shape == (1, 16, 32, 32)
 
 
+def test_run_layers_is_the_forward_pass_layer_by_layer(converted):
+    """The public per-layer hook: without keep it runs net(x)'s own fused path (timed per layer); with keep,
+    every step's input is the previous step's untouched output, ECA's gates are the ones applied and the
+    GroupNorm statistics are those of its input."""
+    net = converted["dsconv_eca_unet"][1]
+    x = np.random.default_rng(5).random((2, 3, 32, 32), dtype=np.float32)
+    want = net(x)
+    fast = list(net.run_layers(x))
+    assert [s.index for s in fast] == list(range(len(net.plan))) and all(s.seconds >= 0 for s in fast)
+    assert np.array_equal(fast[-1].output, want) and fast[-1].input is None and fast[-1].gate is None
+    steps = list(net.run_layers(x, keep=True))
+    assert [s.layer for s in steps] == net.plan and np.array_equal(steps[-1].output, want)
+    assert np.array_equal(steps[0].input, x)
+    for before, step in zip(steps, steps[1:]):
+        assert step.input is before.output
+    conv_outputs = [s.output for s in steps if s.layer.op in ("conv3x3", "pointwise")]
+    assert all(o.min() < 0 for o in conv_outputs)              # not overwritten by the in-place GroupNorm + ReLU
+    ecas = [s for s in steps if s.layer.op == "eca"]
+    assert len(ecas) == 5
+    for s in ecas:
+        assert s.gate.shape == s.output.shape[:2] and np.array_equal(s.output, s.input * s.gate[:, :, None, None])
+    norms = [s for s in steps if s.layer.op == "norm_relu"]
+    for s in norms:
+        g = s.input.astype(np.float64).reshape(2, net.groups, -1)
+        assert np.allclose(s.group_mean, g.mean(axis=2), rtol=1e-12, atol=1e-12)
+        assert np.allclose(s.group_std, g.std(axis=2), rtol=1e-12, atol=1e-12)
+    assert all(np.array_equal(a[1], b.output) for a, b in zip(net.trace(x), steps))
+
+
 def test_bad_input_shape_is_clear(converted):
     net = converted["dsconv_eca_unet"][1]
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):

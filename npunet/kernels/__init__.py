@@ -14,9 +14,11 @@ winograd  conv3x3_winograd(x, w, u=None, low=None, norm_relu=None)  the same, by
           winograd_weights(w)                -> u (16,Co,Ci)               G w G^T, once per layer
           conv_transpose2x2(x, w, bias)      w (Ci,Co,2,2) -> (N,Co,2H,2W) F.conv_transpose2d(stride=2)
 norm      group_norm(x, weight, bias, groups, eps, relu=False)             F.group_norm (+ F.relu)
+          group_norm_statistics(x, groups)   -> mean, std (N,G) float64    the per-group statistics it uses
           group_norm_coefficients(x, weight, bias, groups, eps) -> (N,C,4) the same, as per-channel a*x+b terms
           relu(x)                                                          F.relu
-eca       eca(x, w)                          w (1,1,k), k odd              ECA: x * sigmoid(conv1d(mean_hw x))
+eca       eca(x, w, gate=None)               w (1,1,k), k odd              ECA: x * sigmoid(conv1d(mean_hw x))
+          eca_gate_reference(x, w)           -> (N,C) float64              the gates alone (eca's gate= output)
 resample  max_pool2x2(x)                     -> (N,C,H//2,W//2)            F.max_pool2d(x, 2)
           upsample_bilinear2x(x, align_corners=False)                      F.interpolate(scale_factor=2, bilinear)
           resize_bilinear(x, out_h, out_w, align_corners=False)            F.interpolate(size=..., bilinear)
@@ -29,9 +31,10 @@ resample  max_pool2x2(x)                     -> (N,C,H//2,W//2)            F.max
 from npunet.kernels.conv import (
     WINOGRAD_MIN_CI, conv3x3, conv3x3_reference, conv_transpose2x2, conv_transpose2x2_reference, depthwise_conv3x3,
     depthwise_conv3x3_reference, pointwise_conv, pointwise_conv_reference)
-from npunet.kernels.eca import eca, eca_reference
+from npunet.kernels.eca import eca, eca_gate_reference, eca_reference
 from npunet.kernels.winograd import conv3x3_winograd, conv3x3_winograd_reference, winograd_weights
-from npunet.kernels.norm import group_norm, group_norm_coefficients, group_norm_reference, relu, relu_reference
+from npunet.kernels.norm import (group_norm, group_norm_coefficients, group_norm_reference, group_norm_statistics, relu,
+                                 relu_reference)
 from npunet.kernels.resample import (
     bilinear_source_index, concat_channels, concat_channels_reference, max_pool2x2, max_pool2x2_reference,
     resize_bilinear, resize_bilinear_reference, upsample_argmax, upsample_argmax_reference, upsample_bilinear2x,
@@ -44,7 +47,7 @@ __all__ = [
     "upsample_concat", "upsample_concat_reference",
     "depthwise_conv3x3_reference", "pointwise_conv_reference", "conv3x3_reference", "conv_transpose2x2_reference",
     "conv3x3_winograd_reference",
-    "group_norm_reference", "relu_reference", "eca_reference",
+    "group_norm_reference", "group_norm_statistics", "relu_reference", "eca_reference", "eca_gate_reference",
     "max_pool2x2_reference", "upsample_bilinear2x_reference", "resize_bilinear_reference",
     "upsample_argmax_reference", "concat_channels_reference",
     "bilinear_source_index",

@@ -27,13 +27,25 @@ from npunet.kernels._sums import LANES, lane_moments
 # references (float64, NumPy)
 # ---------------------------------------------------------------------------------------------------------
 
+def _group_mean_var(g):
+    """g: (N, G, M) float64 -> mean, biased variance, each (N, G, 1), in two passes."""
+    mean = g.mean(axis=2, keepdims=True)
+    return mean, ((g - mean) ** 2).mean(axis=2, keepdims=True)     # biased, as torch
+
+
+def group_norm_statistics(x, groups):
+    """x: (N, C, H, W) -> (mean, std), each (N, groups) float64: what GroupNorm subtracts and divides by
+    (std = the square root of the biased variance, before eps is added)."""
+    mean, var = _group_mean_var(np.asarray(x, np.float64).reshape(x.shape[0], groups, -1))
+    return mean[:, :, 0], np.sqrt(var[:, :, 0])
+
+
 def group_norm_reference(x, weight, bias, groups, eps, relu=False, out=None):
     """x: (N, C, H, W), weight, bias: (C,) -> (N, C, H, W).
     Mirrors F.group_norm(x, groups, weight, bias, eps), then F.relu when relu=True."""
     N, C, H, W = x.shape
     g = np.asarray(x, np.float64).reshape(N, groups, -1)
-    mean = g.mean(axis=2, keepdims=True)
-    var = ((g - mean) ** 2).mean(axis=2, keepdims=True)            # biased, as torch
+    mean, var = _group_mean_var(g)
     y = ((g - mean) / np.sqrt(var + eps)).reshape(N, C, H, W)
     y = y * np.asarray(weight, np.float64)[None, :, None, None] + np.asarray(bias, np.float64)[None, :, None, None]
     return finish(relu_reference(y) if relu else y, out)
