@@ -5,6 +5,7 @@
     net = npunet.load()                       # shipped default weights (or npunet.load("file.npuw"))
     logits = net(x)                           # (N, 3, H, W) float32 -> (N, 14, H, W) float32
     labels_img = npunet.segment_image(img)    # nibabel CT image -> uint8 label image on the same grid
+    npunet.segment("series/", "organs.dcm", output_type="dicom-seg")    # `npunet segment` as a function
 """
 
 from __future__ import annotations
@@ -42,3 +43,15 @@ def segment_image(img, model=None, **options):
     """A nibabel CT image -> a uint8 nibabel label image on the same grid (see npunet.segment_cli)."""
     from npunet.segment_cli import segment_image as _segment_image
     return _segment_image(img, model=model, **options)
+
+
+def segment(input, output, **options):
+    """`npunet segment INPUT -o OUTPUT` as a function: files in, files out; returns one CaseResult per case.
+
+    Options as the command's (see npunet.segment_cli.segment): weights, model, threads, batch_size,
+    postprocess, overwrite, statistics, preview, output_type ("nifti" or "dicom-seg"), split (a folder of
+    one mask per organ), organs (names or label ids to keep), quiet. Raises npunet.errors.NpunetError with a
+    one-line message for a mistake (bad input, option or output), before anything is written.
+    """
+    from npunet.segment_cli import segment as _segment
+    return _segment(input, output, **options)

@@ -207,7 +207,12 @@ class Network:
 
 
 def from_file(path) -> Network:
-    """A Network from an npunet weights file (verified by npunet.weights.read_weights)."""
+    """A Network from an npunet weights file (verified by npunet.weights.read_weights). Its weights_sha256
+    is the file's SHA-256 (what `sha256sum` prints), recorded in the outputs that name the model."""
+    import hashlib
+    from pathlib import Path
     from npunet.weights import read_weights
     header, tensors = read_weights(path)
-    return Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"))
+    net = Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"))
+    net.weights_sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return net

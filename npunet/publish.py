@@ -1,8 +1,10 @@
 """Putting a finished file in place: the one way npunet writes a file (label maps and their sidecars,
-statistics, previews, evaluation reports, weights).
+statistics, previews, DICOM SEG objects, evaluation reports, weights) or a folder of files (--split).
 
     atomic_write(path, write, overwrite=False)     # write(tmp) fills a temporary file, then it is published
                                                    # (overwrite defaults to True: replace in place)
+    with staged_folder(path, overwrite=False) as tmp_folder:   # fill tmp_folder; at the end of the block
+        ...                                                    # it is published as `path`, whole
 
 `write(tmp)` writes a temporary file beside `path` (same folder, a hidden name ending in the same suffix,
 so nibabel still picks gzip from `.gz`). Only once it has returned is the file published under `path`:
@@ -11,11 +13,16 @@ so nibabel still picks gzip from `.gz`). Only once it has returned is the file p
   even a moment ago) the link fails and the caller gets InputError "exists already", so of two runs writing
   the same output exactly one wins. Where the file system has no hard links, an O_CREAT | O_EXCL
   placeholder claims the name first and os.replace fills it.
-`unpublish(path)` takes back a file this process published (a failed job's clean-up) and leaves alone one
+A folder (`staged_folder`) follows the same rules: it is filled under a hidden temporary name beside
+`path` (`.NAME.*.tmp`) and published by one rename, which is exclusive by itself: it succeeds onto a free
+name (or an empty folder) and fails onto a folder with files in it, and a published folder is never empty,
+so of two runs exactly one wins. With overwrite, a folder in the way (if `may_replace(path)` allows it) is
+first renamed aside to a temporary name and deleted after the new one is in place.
+`unpublish(path)` takes back a file (or folder) this process published (a failed job's clean-up) and leaves alone one
 that another process put there. Nothing is ever half-written under `path`, and a temporary file never
 outlives a failure, an exception, Ctrl-C or SIGTERM: it is removed on the way out. Creating a temporary file
 and listing it, and publishing a file and recording it as ours, each happen with the signals held back for
-those few system calls, so `remove_temporaries()` (called by npunet.signals as the process exits on a
+those few system calls, so `remove_temporaries()` (which removes temporary folders whole) (called by npunet.signals as the process exits on a
 signal) and `unpublish` always know every file. Stdlib only: any layer may use it.
 """
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -31,7 +39,7 @@ from pathlib import Path
 
 from npunet.errors import InputError
 
-_LIVE: set[str] = set()
+_LIVE: set[str] = set()                          # temporary files and folders to remove on the way out
 _PUBLISHED: dict[str, tuple[int, int]] = {}     # path -> (st_dev, st_ino) of the file this process put there
 _LOCK = threading.Lock()
 
@@ -90,6 +98,89 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
 
 
 @contextmanager
+def staged_folder(path: str | os.PathLike, overwrite: bool = False, may_replace=None):
+    """Yield a new empty folder beside `path` (hidden temporary name, same parent) to fill; when the block
+    ends without an exception it is published as `path` whole (see the module doc), else removed with all
+    it holds. The parent folder must exist.
+
+    overwrite=False: InputError "exists already" when `path` is a folder with files in it (or a file) by
+    then; an empty folder is replaced. overwrite=True: a folder in the way is replaced, provided
+    `may_replace(path)` (default: any folder) is true; otherwise InputError. OSError becomes InputError.
+    Files written inside the yielded folder need no publishing of their own: the folder is the unit.
+    """
+    path = Path(path)
+    try:
+        with _signals_deferred():         # no Ctrl-C between creating the folder and listing it
+            staging = tempfile.mkdtemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+            with _LOCK:
+                _LIVE.add(staging)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {path.parent} ({_one_line(exc)})") from None
+    try:
+        yield Path(staging)
+        try:
+            os.chmod(staging, 0o777 & ~_umask())     # mkdtemp made it 0700
+            _publish_folder(staging, path, overwrite, may_replace)
+        except FileExistsError:
+            raise InputError(exists_message(path)) from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write ({_one_line(exc)})") from None
+    finally:
+        _discard(staging)                 # gone already once published
+        _forget_inside(staging)
+
+
+def _publish_folder(staging: str, path: Path, overwrite: bool, may_replace) -> None:
+    """Rename the filled `staging` folder to `path` (exclusive unless overwrite) and record it as ours."""
+    for _ in range(8):                    # overwrite: another run may move folders at the same moment
+        with _signals_deferred():         # published and recorded as ours in one step
+            identity = _identity(staging)
+            try:
+                os.rename(staging, path)  # onto a free name or an empty folder only (POSIX)
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR:
+                    raise InputError(f"{path}: is a file, not a folder; a folder cannot take its name") from None
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            else:
+                with _LOCK:
+                    _PUBLISHED[os.path.abspath(path)] = identity
+                return
+        if not overwrite:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+        if may_replace is not None and not may_replace(path):
+            raise InputError(f"{path}: not replacing this folder, which npunet did not write; choose a new or "
+                             f"empty folder")
+        _set_aside(path)
+    raise InputError(f"{path}: other runs keep replacing this folder; try again")
+
+
+def _set_aside(path: Path) -> None:
+    """Rename the folder `path` to a temporary name beside it and remove it (a signal meanwhile leaves it
+    to remove_temporaries); nothing happens when it is gone already."""
+    with _signals_deferred():
+        aside = tempfile.mkdtemp(prefix=f".{path.name[:40]}.", suffix=".old", dir=path.parent)
+        with _LOCK:
+            _LIVE.add(aside)
+        try:
+            os.rename(path, aside)        # onto the empty folder just made
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            _discard(aside)
+            raise
+    _discard(aside)
+
+
+def _forget_inside(folder: str) -> None:
+    """Drop the records of files published inside a temporary folder (they moved with it, or are gone)."""
+    prefix = os.path.abspath(folder) + os.sep
+    with _LOCK:
+        for key in [k for k in _PUBLISHED if k.startswith(prefix)]:
+            del _PUBLISHED[key]
+
+
+@contextmanager
 def _signals_deferred():
     """SIGINT / SIGTERM / SIGHUP held back (on this thread) for the block, delivered right after it."""
     held = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
@@ -145,23 +236,35 @@ def _identity(path) -> tuple[int, int]:
 
 
 def unpublish(path: str | os.PathLike) -> bool:
-    """Remove `path` if it is still the file this process published there (a failed or interrupted job's
-    clean-up); a file that another process put under that name is left alone. True if removed."""
+    """Remove `path` if it is still the file (or folder) this process published there (a failed or
+    interrupted job's clean-up); one that another process put under that name is left alone. A folder
+    leaves its name at once (renamed aside) and is then removed whole. True if removed."""
     key = os.path.abspath(path)
     with _LOCK:
         identity = _PUBLISHED.pop(key, None)
     try:
         if identity is None or _identity(key) != identity:
             return False
-        os.unlink(key)
+        if os.path.isdir(key) and not os.path.islink(key):
+            _set_aside(Path(key))
+        else:
+            os.unlink(key)
     except OSError:
         return False
     return True
 
 
+def _remove(name: str) -> None:
+    """Remove a temporary file, or a temporary folder with everything in it; OSError if that fails."""
+    if os.path.isdir(name) and not os.path.islink(name):
+        shutil.rmtree(name)
+    else:
+        os.unlink(name)
+
+
 def _discard(tmp: str) -> None:
     try:
-        os.unlink(tmp)
+        _remove(tmp)
     except FileNotFoundError:
         pass
     except OSError:
@@ -171,13 +274,14 @@ def _discard(tmp: str) -> None:
 
 
 def remove_temporaries() -> list[str]:
-    """Remove every temporary file atomic_write still holds (for the signal handler); returns their names."""
+    """Remove every temporary file and folder atomic_write and staged_folder still hold (for the signal
+    handler); returns their names."""
     with _LOCK:
         names = sorted(_LIVE)
         _LIVE.clear()
     for name in names:
         try:
-            os.unlink(name)
+            _remove(name)
         except OSError:
             pass
     return names

@@ -2,6 +2,11 @@
 organ label map out, on the input's own grid. Also the Python entry points `segment` (the command as a
 function) and `segment_image` (a nibabel image in, a nibabel label image out).
 
+Output types: a NIfTI label map (default); a DICOM Segmentation over the input series (--output-type
+dicom-seg, DICOM input only; npunet.io.dicom_seg); a folder of one NIfTI mask per organ (--split), filled
+under a temporary name and published whole (npunet.publish.staged_folder). --organs keeps the listed organs in every output and
+in the statistics, the others become background.
+
 Order of work, so that mistakes surface before the slow part: plan the jobs (npunet.io.cases), check every
 output path (writable folder, not the input, not existing unless --overwrite), load the weights, then per
 case: read and validate the image, run the network (npunet.pipeline.segment_array), write the label map,
@@ -25,11 +30,16 @@ import numpy as np
 
 from npunet.errors import InputError, NpunetError
 from npunet.io.cases import Job, plan_jobs, read_job
+from npunet.io.dicom_seg import SEG_SUFFIX
+from npunet.labels import keep_organs, parse_organs
 from npunet.statistics import label_counts
-from npunet.io.nifti import (check_output_path, labels_image, labels_json_path, sidecar_path, validate_image,
-                             write_labels)
+from npunet.io.nifti import (check_output_folder, check_output_path, is_masks_folder, labels_image,
+                             labels_json_path, MASKS_MARKER, sidecar_path, validate_image, write_labels,
+                             write_organ_masks)
 from npunet.io.validate import image_warnings, orientation_affine, parse_axcodes
-from npunet.publish import unpublish
+from npunet.publish import staged_folder, unpublish
+
+OUTPUT_TYPES = ("nifti", "dicom-seg")
 
 EPILOG = """\
 outputs (beside OUTPUT, for CASE.nii.gz):
@@ -37,10 +47,16 @@ outputs (beside OUTPUT, for CASE.nii.gz):
   CASE.labels.json         label names, {"0": "background", "1": "liver", ...}
   CASE.statistics.csv/json per-organ voxels, volume (mL) and mean HU   (with --statistics)
   CASE.preview.png         axial + coronal slices with the labels       (with --preview)
+with --output-type dicom-seg: CASE.dcm, a DICOM Segmentation over the input series (one segment per organ
+  found, SNOMED CT coded), instead of CASE.nii.gz and CASE.labels.json; the sidecars as above
+with --split: OUTPUT (or OUTPUT/CASE for a folder of cases) is a folder holding liver.nii.gz, spleen.nii.gz,
+  ... (uint8 0/1, one per organ, empty ones too), labels.json, statistics.csv/json and preview.png
 
 examples:
   npunet segment ct.nii.gz -o ct_labels.nii.gz
   npunet segment dicom/series_folder/ -o out/ --statistics --preview
+  npunet segment dicom/series_folder/ -o organs.dcm --output-type dicom-seg
+  npunet segment ct.nii.gz -o masks/ --split --organs liver,spleen,left_kidney,right_kidney
   npunet segment imagesTs/ -o predictions/ --threads 8      (CASE_0000.nii.gz -> predictions/CASE.nii.gz)
 
 a header without orientation (qform and sform codes 0) is refused unless --assume-orientation says how the
@@ -77,6 +93,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", action="store_true",
                    help="also write OUTPUT_STEM.preview.png: axial and coronal CT slices with the labels "
                         "blended in")
+    p.add_argument("--output-type", choices=OUTPUT_TYPES, default="nifti",
+                   help="nifti (default): a uint8 label map; dicom-seg: a DICOM Segmentation object (.dcm) "
+                        "that references the input series, for OHIF, 3D Slicer or a PACS (INPUT must be a "
+                        "DICOM series folder; needs highdicom: pip install 'npunet[dicom]')")
+    p.add_argument("--split", action="store_true",
+                   help="OUTPUT is a folder with one uint8 mask per organ (liver.nii.gz, ...; organs not found "
+                        "are written empty) and labels.json, written whole or not at all")
+    p.add_argument("--organs", metavar="LIST", default=None,
+                   help="keep only these organs, by name or label id (e.g. liver,spleen,2), in every output "
+                        "and in the statistics; the others become background")
     p.add_argument("--quiet", action="store_true",
                    help="no progress messages (warnings, errors and a folder's failure summary still show)")
     p.add_argument("--assume-orientation", metavar="AXES", type=_axcodes, default=None,
@@ -96,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     results, batch = segment(args.input, args.output, weights=args.weights, threads=args.threads,
                              batch_size=args.batch_size, postprocess=not args.no_postprocess,
                              overwrite=args.overwrite, statistics=args.statistics, preview=args.preview,
+                             output_type=args.output_type, split=args.split, organs=args.organs,
                              quiet=args.quiet, return_mode=True, assume_orientation=args.assume_orientation)
     failed = [r for r in results if not r.ok]
     if batch and (failed or not args.quiet):
@@ -124,14 +151,16 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
 # ------------------------------------------------------------------------------------------ Python API --
 
 def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postprocess: bool = True,
-                  progress=None, assume_orientation: str | None = None):
+                  progress=None, assume_orientation: str | None = None, organs=None):
     """A nibabel CT image (3D, HU) -> a uint8 label image with the input's shape, affine and qform/sform.
 
-    model: a loaded network (default: load `weights`, or the default weights). Raises InputError for images
-    that cannot be segmented (2D, several volumes, NaN/Inf, no orientation without `assume_orientation`,
-    ...); warns (UserWarning) when the intensities do not look like Hounsfield units, and for the other
-    warnings of npunet.io.validate.image_warnings.
+    model: a loaded network (default: load `weights`, or the default weights). organs: keep only these
+    (names or label ids, as --organs), the others become 0. Raises InputError for images that cannot be
+    segmented (2D, several volumes, NaN/Inf, no orientation without `assume_orientation`, ...),
+    NpunetError for an unknown organ; warns (UserWarning) when the intensities do not look like Hounsfield
+    units, and for the other warnings of npunet.io.validate.image_warnings.
     """
+    organ_ids = parse_organs(organs) if organs is not None else None
     ct = validate_image(img, "image", assume_orientation)
     volume = ct.get_fdata(dtype=np.float32)
     for message in image_warnings(ct, volume, assume_orientation):
@@ -141,6 +170,8 @@ def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postpro
     labels = segment_array(volume, orientation_affine(ct, assume_orientation), model, batch_size=batch_size,
                            postprocess=postprocess, progress=progress)
     _check_labels(labels, volume.shape)
+    if organ_ids is not None:
+        labels = keep_organs(labels, organ_ids)
     return labels_image(labels, ct)
 
 
@@ -154,26 +185,46 @@ class CaseResult:
     written: list[Path] = field(default_factory=list)
 
 
-def output_files(output: str | os.PathLike, statistics: bool = False, preview: bool = False) -> dict[str, Path]:
-    """Every file written for a case whose label map is `output` (CASE.nii.gz), keyed by role."""
-    files = {"labels": Path(output), "names": labels_json_path(output)}
+def output_files(output: str | os.PathLike, statistics: bool = False, preview: bool = False,
+                 output_type: str = "nifti", split: bool = False) -> dict[str, Path]:
+    """Every file written for a case whose output is `output`, keyed by role: the label map CASE.nii.gz
+    ("labels", with "names"), the DICOM SEG CASE.dcm ("seg"), or with split the folder CASE/ ("masks": the
+    organ masks go in it, with "names" and the other files)."""
+    output = Path(output)
+
+    def beside(suffix: str) -> Path:     # `.statistics.csv` -> where that file of the case goes
+        if split:
+            return output / suffix.lstrip(".")
+        if output_type == "dicom-seg":
+            return output.with_name(output.name[:-len(SEG_SUFFIX)] + suffix
+                                    if output.name.lower().endswith(SEG_SUFFIX) else output.name + suffix)
+        return sidecar_path(output, suffix)
+
+    if split:
+        files = {"masks": output, "names": output / MASKS_MARKER}
+    elif output_type == "dicom-seg":
+        files = {"seg": output}
+    else:
+        files = {"labels": output, "names": labels_json_path(output)}
     if statistics:
-        files["statistics_csv"] = sidecar_path(output, ".statistics.csv")
-        files["statistics_json"] = sidecar_path(output, ".statistics.json")
+        files["statistics_csv"] = beside(".statistics.csv")
+        files["statistics_json"] = beside(".statistics.json")
     if preview:
-        files["preview"] = sidecar_path(output, ".preview.png")
+        files["preview"] = beside(".preview.png")
     return files
 
 
 def segment(input_path, output_path, *, weights=None, model=None, threads: int | None = None,
             batch_size: int = 8, postprocess: bool = True, overwrite: bool = False, statistics: bool = False,
-            preview: bool = False, quiet: bool = True, return_mode: bool = False,
-            assume_orientation: str | None = None):
+            preview: bool = False, output_type: str = "nifti", split: bool = False, organs=None,
+            quiet: bool = True, return_mode: bool = False, assume_orientation: str | None = None):
     """`npunet segment` as a function; returns a list of CaseResult (with return_mode: (results, is_folder)).
 
-    Raises NpunetError, before any output is written, for a bad INPUT/OUTPUT pair, bad options, bad output
-    paths or bad weights; for a single image, also for a bad image. For a folder of cases, a bad case is
-    recorded in its CaseResult (ok=False, error=message) and the other cases still run.
+    output_type: "nifti" or "dicom-seg"; split: a folder of one mask per organ per case; organs: names or
+    label ids to keep ("liver,spleen" or ["liver", 3]), None for all. Raises NpunetError, before any output
+    is written, for a bad INPUT/OUTPUT pair, bad options, bad output paths or bad weights; for a single
+    image, also for a bad image. For a folder of cases, a bad case is recorded in its CaseResult (ok=False,
+    error=message) and the other cases still run.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise NpunetError(f"--batch-size must be an integer of at least 1, got {batch_size}")
@@ -182,16 +233,35 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
             assume_orientation = parse_axcodes(assume_orientation)
         except ValueError as exc:
             raise NpunetError(f"--assume-orientation: {exc}") from None
-    jobs = plan_jobs(input_path, output_path)
+    if output_type not in OUTPUT_TYPES:
+        raise NpunetError(f"--output-type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+    if split and output_type != "nifti":
+        raise NpunetError(f"--split writes NIfTI masks; it does not combine with --output-type {output_type}")
+    organ_ids = parse_organs(organs) if organs is not None else None
+    suffix = "" if split else SEG_SUFFIX if output_type == "dicom-seg" else ".nii.gz"
+    if split and str(output_path).lower().endswith((".nii", ".nii.gz", ".dcm")):
+        raise NpunetError(f"{output_path}: with --split the output is a folder of masks; give a folder name")
+    jobs = plan_jobs(input_path, output_path, suffix=suffix)
     batch = Path(input_path).is_dir() and jobs[0].kind == "nifti"
+    name_suffixes = (".nii.gz", ".nii")
+    if output_type == "dicom-seg":
+        if jobs[0].kind != "dicom":
+            raise InputError(f"{input_path}: --output-type dicom-seg needs a DICOM series folder as INPUT (a "
+                             f"DICOM SEG references the source images; NIfTI has none): use --output-type nifti")
+        from npunet.io.dicom_seg import import_highdicom
+        import_highdicom()
+        name_suffixes = (SEG_SUFFIX,)
     log = _Log(quiet)
 
     problems = []
     for job in jobs:
-        files = output_files(job.output, statistics, preview)
+        files = output_files(job.output, statistics, preview, output_type, split)
         try:
-            check_output_path(job.output, job.input if job.kind == "nifti" else None, overwrite,
-                              also=tuple(files.values())[1:])
+            if split:
+                check_output_folder(job.output, job.input, overwrite)
+            else:
+                check_output_path(job.output, job.input, overwrite, also=tuple(files.values())[1:],
+                                  suffixes=name_suffixes)
         except InputError as exc:
             problems.append(str(exc))
     if problems:
@@ -205,6 +275,9 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         log.say(f"loading weights {weights or '(default)'}")
         model = load_model(weights)
     label_names = _label_names(model)
+    if organ_ids is not None:
+        label_names = {k: v for k, v in label_names.items() if k == 0 or k in organ_ids}
+    output = _Output(output_type, split, organ_ids, label_names, model)
     from npunet.pipeline import start_warm_up
     warm_up = start_warm_up(model)          # kernels load while the first CT is read
 
@@ -214,14 +287,14 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         result = CaseResult(job.case, job.output, ok=False)
         t0 = time.perf_counter()
         try:
-            _segment_job(job, model, label_names, log, prefix, batch_size=batch_size, postprocess=postprocess,
+            _segment_job(job, model, output, log, prefix, batch_size=batch_size, postprocess=postprocess,
                          overwrite=overwrite, statistics=statistics, preview=preview, written=result.written,
                          before_segmenting=warm_up.join, prefetched=first_read if i == 1 else None,
                          assume_orientation=assume_orientation)
             result.ok = True
         except BaseException as exc:
             for p in result.written:  # a failed (or interrupted) case leaves nothing of its own behind
-                unpublish(p)
+                unpublish(p)          # (a file, or the --split folder; one another run put there stays)
             result.written.clear()
             if not batch or not isinstance(exc, Exception):
                 raise
@@ -253,8 +326,19 @@ def _in_background(function, *args) -> Future:
     return future
 
 
-def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postprocess, overwrite, statistics,
-                 preview, written: list, before_segmenting=lambda: None, prefetched=None,
+@dataclass
+class _Output:
+    """What to write for every case: the output type, split or not, the organs kept (None: all) and their
+    names (background and the kept organs), and the model (named in a DICOM SEG)."""
+    output_type: str
+    split: bool
+    organ_ids: tuple | None
+    label_names: dict
+    model: object
+
+
+def _segment_job(job: Job, model, output: _Output, log, prefix, *, batch_size, postprocess, overwrite,
+                 statistics, preview, written: list, before_segmenting=lambda: None, prefetched=None,
                  assume_orientation: str | None = None) -> None:
     """One case; prefetched: a future of _read_volume(job) already under way (its errors raise here)."""
     t0 = time.perf_counter()
@@ -274,26 +358,62 @@ def _segment_job(job: Job, model, label_names, log, prefix, *, batch_size, postp
                            progress=log.progress(f"{prefix}: segmenting"), timings=timings)
     log.end_progress()
     _check_labels(labels, volume.shape)
+    if output.organ_ids is not None:
+        labels = keep_organs(labels, output.organ_ids)
     detail = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if v) if timings else ""
     log.say(f"{prefix}: segmented in {time.perf_counter() - t1:.1f} s" + (f" ({detail})" if detail else ""))
 
-    files = output_files(job.output, statistics, preview)
-    written += [files["labels"], files["names"]]           # taken back on failure only if still ours
-    write_labels(labels, img, files["labels"], overwrite=overwrite, label_names=label_names)
+    if output.split:     # everything goes into a folder that is published whole, or not at all
+        written.append(job.output)          # taken back on failure only if it is still ours (unpublish)
+        with staged_folder(job.output, overwrite=overwrite, may_replace=is_masks_folder) as folder:
+            _write_outputs(labels, volume, img, affine, output_files(folder, statistics, preview, split=True),
+                           output, job, log, prefix, overwrite=True)     # a new folder: nothing to refuse in it
+        log.say(f"{prefix}: wrote the folder {job.output}")
+    else:
+        _write_outputs(labels, volume, img, affine,
+                       output_files(job.output, statistics, preview, output.output_type), output, job, log, prefix,
+                       overwrite=overwrite, written=written)
+    log.say(f"{prefix}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _write_outputs(labels, volume, img, affine, files: dict, output: _Output, job: Job, log, prefix, *,
+                   overwrite: bool, written: list | None = None) -> None:
+    """Write the files of output_files() for one case, each published by npunet.publish (without overwrite,
+    exclusively). Each path is added to `written` before its writing starts, so that a failure can take
+    back (unpublish) what this run published, and only that."""
+    written = [] if written is None else written
+    label_names = output.label_names
     found = int(np.count_nonzero(label_counts(labels)[1:]))
-    log.say(f"{prefix}: wrote {files['labels']} ({found} organs found)")
-    if statistics:
+    if "masks" in files:
+        write_organ_masks(labels, img, files["masks"], {k: v for k, v in label_names.items() if k != 0})
+        log.say(f"{prefix}: wrote {len(label_names) - 1} organ masks ({found} organs found)")
+    elif "seg" in files:
+        import npunet
+        from npunet.io.dicom import DICOM_HEADERS
+        from npunet.io.dicom_seg import write_dicom_seg
+        written.append(files["seg"])
+        notes = write_dicom_seg(labels, img.extra[DICOM_HEADERS], files["seg"], label_names,
+                                version=npunet.__version__, overwrite=overwrite,
+                                weights_sha256=getattr(output.model, "weights_sha256", None),
+                                model_name=getattr(output.model, "spec", {}).get("name"))
+        for note in notes:
+            print(f"npunet segment: {job.case}: warning: {note}", file=sys.stderr)
+        log.say(f"{prefix}: wrote {files['seg']} ({found} organs found, one segment each)")
+    else:
+        written += [files["labels"], files["names"]]
+        write_labels(labels, img, files["labels"], overwrite=overwrite, label_names=label_names)
+        log.say(f"{prefix}: wrote {files['labels']} ({found} organs found)")
+    if "statistics_csv" in files:
         from npunet.statistics import organ_statistics, write_statistics
         rows = organ_statistics(labels, volume, affine, label_names)
         written += [files["statistics_csv"], files["statistics_json"]]
         write_statistics(rows, files["statistics_csv"], files["statistics_json"], overwrite=overwrite)
         log.say(f"{prefix}: wrote {files['statistics_csv']} and .json")
-    if preview:
+    if "preview" in files:
         from npunet.preview import write_preview
         written.append(files["preview"])
         write_preview(volume, labels, affine, files["preview"], overwrite=overwrite)
         log.say(f"{prefix}: wrote {files['preview']}")
-    log.say(f"{prefix}: done in {time.perf_counter() - t0:.1f} s")
 
 
 def _check_labels(labels, shape) -> None:

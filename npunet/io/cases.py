@@ -8,6 +8,8 @@ INPUT may be
     name is the folder's name;
   - a folder of NIfTI cases, `CASE_0000.nii.gz` (or plain `CASE.nii.gz`): OUTPUT is a folder that receives
     `CASE.nii.gz` for each. Files of other channels (`CASE_0001.nii.gz`, ...) are not CT and are skipped.
+The per-case output is a label map CASE.nii.gz by default; plan_jobs' `suffix` makes it CASE.dcm (a DICOM
+SEG) or a folder CASE/ (one mask per organ; a single case's OUTPUT is then that folder itself).
 Nothing is read beyond the first 132 bytes of each file here; reading and validating is for io.nifti and
 io.dicom.
 """
@@ -46,14 +48,18 @@ def _is_folder_target(output: str) -> bool:
     return output.endswith(("/", os.sep)) or Path(output).is_dir()
 
 
-def _single_output(case: str, output: str) -> Path:
-    return Path(output) / f"{case}.nii.gz" if _is_folder_target(output) else Path(output)
+def _single_output(case: str, output: str, suffix: str) -> Path:
+    if not suffix:          # the output is a folder of its own: OUTPUT itself
+        return Path(output)
+    return Path(output) / f"{case}{suffix}" if _is_folder_target(output) else Path(output)
 
 
-def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike) -> list[Job]:
+def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike, suffix: str = ".nii.gz") -> list[Job]:
     """The jobs for `npunet segment INPUT -o OUTPUT`, sorted by case name; raises InputError when INPUT is
     missing, an empty folder, a folder mixing NIfTI and DICOM files, or a folder with nothing usable, and
-    when a folder of cases is given a file name as OUTPUT."""
+    when a folder of cases is given a file name as OUTPUT. suffix: the name ending of a case's output placed
+    in a folder (".nii.gz", ".dcm"), or "" when each case's output is a folder (OUTPUT itself for one case,
+    OUTPUT/CASE for a folder of cases)."""
     inp = Path(input_path)
     out = os.fspath(output_path)
     if not out:
@@ -63,7 +69,7 @@ def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike) -> 
     if inp.is_file():
         if is_nifti_name(inp):
             case = case_name(inp)
-            return [Job(case, inp, _single_output(case, out), "nifti")]
+            return [Job(case, inp, _single_output(case, out, suffix), "nifti")]
         if has_dicom_magic(inp):
             raise InputError(f"{inp}: a single DICOM file; pass the folder that holds the whole series")
         raise InputError(f"{inp}: not a NIfTI file (expected a .nii or .nii.gz name) nor a folder")
@@ -82,7 +88,7 @@ def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike) -> 
                          f"put them in separate folders")
     if dicoms:
         case = inp.resolve().name or "dicom"
-        return [Job(case, inp, _single_output(case, out), "dicom")]
+        return [Job(case, inp, _single_output(case, out, suffix), "dicom")]
     if not niftis:
         raise InputError(f"{inp}: no NIfTI (.nii, .nii.gz) or DICOM files among its {len(files)} files")
 
@@ -102,7 +108,7 @@ def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike) -> 
         raise InputError(f"{out_dir}: is a file; with a folder of cases as input the output must be a folder")
     if not out_dir.exists() and is_nifti_name(out):
         raise InputError(f"{out}: with a folder of cases as input the output must be a folder, not a .nii name")
-    return [Job(case, p, out_dir / f"{case}.nii.gz", "nifti") for case, p in sorted(cases.items())]
+    return [Job(case, p, out_dir / f"{case}{suffix}", "nifti") for case, p in sorted(cases.items())]
 
 
 def read_job(job: Job, assume_orientation: str | None = None):

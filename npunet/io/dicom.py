@@ -5,7 +5,9 @@ nibabel, float32 HU (RescaleSlope / RescaleIntercept applied per slice), slices 
 normal, and an affine in NIfTI RAS+ world coordinates built from ImageOrientationPatient, PixelSpacing and
 the slice positions. Anything that would make that volume wrong (several series, a missing slice, a damaged
 or unreadable file, a file of the folder that is not DICOM, mixed orientations or sizes, duplicate
-positions, multi-frame files, bad geometry values) is an InputError with one line naming the file.
+positions, multi-frame files, bad geometry values) is an InputError with one line naming the file. The
+slices' headers (without pixel data) ride along in the image's `extra[DICOM_HEADERS]`, in the volume's slice
+order, so that a DICOM Segmentation can reference the very images it was computed from (npunet.io.dicom_seg).
 
 DICOM world coordinates are LPS+ (x to the patient's left, y to posterior); NIfTI's are RAS+, so the
 first two rows of the LPS affine change sign.
@@ -30,6 +32,7 @@ from npunet.third_party import captured
 
 INSTALL_HINT = "pip install 'npunet[dicom]' (or: pip install pydicom pylibjpeg pylibjpeg-openjpeg)"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+DICOM_HEADERS = "dicom_headers"   # key of img.extra: the slices' pydicom headers, slice k of the volume first
 
 
 NOT_DICOM_SUFFIXES = (".txt", ".md", ".json", ".xml", ".csv", ".tsv", ".html", ".htm", ".pdf", ".jpg", ".jpeg",
@@ -127,7 +130,8 @@ def read_dicom_series(folder: str | os.PathLike) -> nib.Nifti1Image:
       LPS = IPP_0 + i * PixelSpacing[1] * IOP[0:3] + j * PixelSpacing[0] * IOP[3:6] + k * step,
     where step = (IPP_last - IPP_0) / (n - 1) after sorting by IPP . normal, normal = IOP[0:3] x IOP[3:6]
     (a gantry tilt shows up as a shear in `step`, which the sform keeps); RAS = diag(-1, -1, 1) LPS.
-    qform and sform codes are 1 (scanner).
+    qform and sform codes are 1 (scanner). img.extra[DICOM_HEADERS] lists the slices' headers (pydicom
+    Datasets read without pixel data), the header of volume slice k at index k.
 
     Every file of the folder is accounted for (see dicom_files): a DICOM file that cannot be read, or that
     is an image slice with damaged or missing geometry, is an InputError naming it, never a slice left out.
@@ -215,7 +219,7 @@ def read_dicom_series(folder: str | os.PathLike) -> nib.Nifti1Image:
     for k, (f, ds) in enumerate(slices):
         volume[:, :, k] = _read_slice_hu(pydicom, f, rows, cols).T
     check_voxels(volume, str(folder))
-    img = nib.Nifti1Image(volume, affine)
+    img = nib.Nifti1Image(volume, affine, extra={DICOM_HEADERS: [ds for _, ds in slices]})
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

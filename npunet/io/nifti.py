@@ -8,7 +8,11 @@ What this file promises:
   zooms and units; it writes to a temporary name in the output folder and publishes it (npunet.publish), so
   a crash never leaves a half-written file under the final name. A `CASE.labels.json` sidecar ({"0":
   "background", ...}) is written beside `CASE.nii.gz` the same way.
-- Every check of what can be read lives in npunet.io.validate; this file reads and writes.
+- `write_organ_masks` writes one uint8 0/1 mask per organ (`liver.nii.gz`, ...) on the same grid, into a
+  folder that npunet.publish.staged_folder builds under a temporary name beside its final one and
+  publishes whole, so a folder of masks is either complete or absent.
+- Every check of what can be read lives in npunet.io.validate; this file reads and writes, and checks output
+  paths before any work (check_output_path, check_output_folder).
 """
 
 from __future__ import annotations
@@ -239,36 +243,82 @@ def labels_image(labels: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
 
 
 def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None = None,
-                      overwrite: bool = False, also: tuple = ()) -> Path:
+                      overwrite: bool = False, also: tuple = (), suffixes: tuple = NIFTI_SUFFIXES) -> Path:
     """Refuse, before any work is done, an output we could not or should not write; returns it as a Path.
 
-    Raises InputError when: the name does not end in .nii/.nii.gz; it is the input itself (after
-    resolving links); it or one of the `also` files (sidecars) exists and overwrite is False; it is a
-    folder; or the folder it goes into (or its nearest existing parent, which we would create below) is
-    not writable (tested by creating and removing a probe file there).
+    Raises InputError when: the name does not end in one of `suffixes` (default .nii.gz/.nii); it is the
+    input itself (after resolving links), or lies inside the input when that is a folder (a DICOM series:
+    a file there would join the series' files); it or one of the `also` files (sidecars) exists and
+    overwrite is False; it is a folder; a name is longer than a file system takes; or the folder it goes
+    into (or its nearest existing parent, which we would create below) is not writable
+    (npunet.publish.check_writable).
     """
     output = Path(output)
-    if not is_nifti_name(output):
-        raise InputError(f"{output}: the output must be a .nii.gz or .nii file name (or a folder)")
+    if not output.name.lower().endswith(tuple(suffixes)):
+        raise InputError(f"{output}: the output must be a {' or '.join(suffixes)} file name (or a folder)")
     if input_path is not None:
-        inp = Path(input_path)
-        same = output.resolve() == inp.resolve()
-        if not same and output.exists() and inp.exists():
-            same = os.path.samefile(output, inp)
-        if same:
-            raise InputError(f"{output}: the output is the input file; choose another output name")
+        _check_not_input(output, Path(input_path))
     if output.is_dir():
         raise InputError(f"{output}: is a folder; give a file name or a folder ending with '/'")
     if not overwrite:
         for p in (output, *map(Path, also)):
             if p.exists() or p.is_symlink():
                 raise InputError(exists_message(p))
-    for p in (output, *map(Path, also)):
+    _check_name_lengths(output, *also)
+    check_writable(output)
+    return output
+
+
+def check_output_folder(folder: str | os.PathLike, input_path: str | os.PathLike | None = None,
+                        overwrite: bool = False) -> Path:
+    """check_output_path for an output that is a folder (--split's folder of masks); returns it as a Path.
+
+    Raises InputError when: the folder is the input, holds it, or lies inside an input folder; it is a file;
+    it exists with files in it and overwrite is False, or overwrite is True but it is not a folder of
+    npunet masks (no labels.json: it is replaced whole, so only a folder that npunet wrote may be); its name
+    is longer than a file system takes; or its parent (or nearest existing ancestor) is not writable. An empty folder is fine: publishing replaces it.
+    """
+    folder = Path(folder)
+    if input_path is not None:
+        inp = Path(input_path).resolve()
+        if inp == folder.resolve() or folder.resolve() in inp.parents:
+            raise InputError(f"{folder}: the output folder is or holds the input; choose another folder")
+        _check_not_input(folder, inp)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise InputError(f"{folder}: is a file or a link; the masks go into a folder of their own")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not overwrite:
+            raise InputError(f"{folder}: exists already with files in it; pass --overwrite (overwrite=True) "
+                             f"to replace it")
+        if not is_masks_folder(folder):
+            raise InputError(f"{folder}: is not a folder of npunet masks (it has no {MASKS_MARKER}); not "
+                             f"replacing it: choose a new or empty folder")
+    _check_name_lengths(folder)
+    check_writable(folder)
+    return folder
+
+
+def is_masks_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder that write_organ_masks filled (it holds labels.json): one --overwrite may replace."""
+    return (Path(folder) / MASKS_MARKER).is_file()
+
+
+def _check_not_input(output: Path, inp: Path) -> None:
+    same = output.resolve() == inp.resolve()
+    if not same and output.exists() and inp.exists():
+        same = os.path.samefile(output, inp)
+    if same:
+        raise InputError(f"{output}: the output is the input file; choose another output name")
+    if inp.is_dir() and inp.resolve() in output.resolve().parents:
+        raise InputError(f"{output}: is inside the input series folder; write it elsewhere (a file there would "
+                         f"join the series' files)")
+
+
+def _check_name_lengths(*paths) -> None:
+    for p in map(Path, paths):
         if len(p.name.encode("utf-8", "surrogateescape")) > 255:
             raise InputError(f"{p.name[:60]}...: the file name is {len(p.name)} characters, more than a file "
                              f"system takes (255 bytes)")
-    check_writable(output)
-    return output
 
 
 def write_labels(labels: np.ndarray, like: nib.Nifti1Image, path: str | os.PathLike, overwrite: bool = False,
@@ -289,14 +339,46 @@ def write_labels(labels: np.ndarray, like: nib.Nifti1Image, path: str | os.PathL
         label_names = _default_label_names()
     _make_parent(path)
     atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
-    names_json = json.dumps({str(int(k)): str(v) for k, v in sorted(label_names.items())}, indent=1) + "\n"
     try:
-        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(names_json, encoding="utf-8"),
-                     overwrite=overwrite)
+        write_label_names(label_names, sidecar, overwrite=overwrite)
     except BaseException:
         unpublish(path)          # no label map without its sidecar
         raise
     return path
+
+
+def write_label_names(label_names: dict[int, str], path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """The label-name sidecar, {"0": "background", "1": "liver", ...} in label order, published by
+    npunet.publish.atomic_write (overwrite=False: exclusively)."""
+    text = json.dumps({str(int(k)): str(v) for k, v in sorted(label_names.items())}, indent=1) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+MASKS_MARKER = "labels.json"   # the label-name sidecar inside a folder of masks; marks it as npunet's
+
+
+def organ_mask_path(folder: str | os.PathLike, name: str) -> Path:
+    """`folder/liver.nii.gz`: where write_organ_masks puts an organ's mask."""
+    return Path(folder) / f"{name}.nii.gz"
+
+
+def write_organ_masks(labels: np.ndarray, like: nib.Nifti1Image, folder: str | os.PathLike,
+                      organs: dict[int, str]) -> list[Path]:
+    """One uint8 mask per organ, 1 where labels == k else 0, as folder/NAME.nii.gz on `like`'s grid (as
+    labels_image), for every {k: NAME} of `organs`, present or not (an absent organ's mask is all zeros, so
+    a script can count on every file); plus the label-name sidecar folder/labels.json. Meant for a new
+    folder from npunet.publish.staged_folder, which publishes it whole; returns the mask paths in label
+    order."""
+    folder = Path(folder)
+    paths = []
+    for k, name in sorted(organs.items()):
+        mask = labels_image(np.asarray(labels) == k, like)
+        mask.header["descrip"] = f"npunet mask: {name}"[:79].encode()
+        path = organ_mask_path(folder, name)
+        atomic_write(path, lambda tmp: nib.save(mask, str(tmp)))
+        paths.append(path)
+    write_label_names({0: _default_label_names()[0], **organs}, folder / MASKS_MARKER)
+    return paths
 
 
 def _default_label_names() -> dict[int, str]:
