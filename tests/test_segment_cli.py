@@ -3,8 +3,11 @@ one line on stderr, a non-zero exit and no file left; the output sits on the inp
 LAS and LPS inputs; folder mode carries on past a bad case. The real network is exercised at the end
 (skipped until npunet.pipeline and a weights file are available)."""
 
+import csv
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -87,7 +90,8 @@ def test_help_exits_zero(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--weights", "--threads", "--batch-size", "--no-postprocess", "--overwrite", "--statistics",
-                 "--preview", "--quiet", ".statistics.csv", ".statistics.json", ".preview.png", ".labels.json"):
+                 "--preview", "--quiet", ".statistics.csv", ".statistics.json", ".preview.png", ".labels.json",
+                 "--output-type", "dicom-seg", "--split", "--organs"):
         assert flag in text, flag
 
 
@@ -351,6 +355,149 @@ def test_a_failing_late_stage_leaves_nothing(tmp_path, capsys, fake, monkeypatch
     rc, _, err = run_cli(capsys, inp, "-o", slash(tmp_path / "out"), "--quiet", "--statistics", "--preview")
     assert rc != 0 and "disk full" in err
     assert all_files(tmp_path / "out") == []
+
+
+# ------------------------------------------------------------------ --organs, --split, --output-type --
+
+@pytest.mark.parametrize("organs,word", [("livr", "'livr'"), ("liver,kidney", "'kidney'"), ("14", "'14'"),
+                                         ("0", "'0'"), ("background", "'background'"), (",", "no organ")])
+def test_bad_organ_names(tmp_path, capsys, fake, organs, word):
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "out" / "x.nii.gz", "--organs", organs, "--quiet")
+    print(f"\n  --organs {organs}: rc {rc}: {err.strip()}")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and word in err
+    if word != "no organ":
+        assert "valid organs are liver, right_kidney, spleen" in err and "left_kidney" in err
+    assert fake["segment"] == 0 and fake["load"] == 0 and all_files(tmp_path / "out") == []
+
+
+def test_organs_keep_a_subset(tmp_path, capsys, fake):
+    data = small_ct()
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", data)
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "out" / "ct.nii.gz", "--organs", "right kidney",
+                         "--statistics", "--quiet")
+    assert rc == 0, err
+    full = fake_labels(data.astype(np.float32))
+    got = np.asarray(nib.load(tmp_path / "out" / "ct.nii.gz").dataobj)
+    assert np.array_equal(got, np.where(full == 2, 2, 0)) and (full == 1).any() and (got == 2).any()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "ct.statistics.csv")))
+    assert [(r["label"], r["name"], int(r["voxels"])) for r in rows] == [("2", "right_kidney", (full == 2).sum())]
+    assert json.loads((tmp_path / "out" / "ct.labels.json").read_text()) == {"0": "background", "2": "right_kidney"}
+
+
+def test_split_writes_every_organ_and_the_sidecar(tmp_path, capsys, fake):
+    data = small_ct()
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", data)
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "masks", "--split", "--preview", "--quiet")
+    assert rc == 0, err
+    full = fake_labels(data.astype(np.float32))
+    assert all_files(tmp_path / "masks") == sorted([f"{v}.nii.gz" for k, v in LABELS.items() if k] +
+                                                   ["labels.json", "preview.png"])
+    for k, name in LABELS.items():
+        if k:
+            mask = nib.load(tmp_path / "masks" / f"{name}.nii.gz")
+            assert np.array_equal(np.asarray(mask.dataobj), (full == k).astype(np.uint8)), name
+            assert mask.get_data_dtype() == np.uint8 and np.array_equal(mask.affine, nib.load(inp).affine)
+    assert all_files(tmp_path) == sorted(["in", "in/ct_0000.nii.gz", "masks"] +
+                                         [f"masks/{f}" for f in all_files(tmp_path / "masks")])
+
+
+def test_split_folder_of_cases(tmp_path, capsys, fake):
+    save(tmp_path / "in" / "a_0000.nii.gz", small_ct(0))
+    save(tmp_path / "in" / "b_0000.nii.gz", small_ct(1))
+    rc, _, err = run_cli(capsys, tmp_path / "in", "-o", tmp_path / "out", "--split", "--organs", "liver",
+                         "--quiet")
+    assert rc == 0, err
+    assert all_files(tmp_path / "out") == ["a", "a/labels.json", "a/liver.nii.gz", "b", "b/labels.json",
+                                           "b/liver.nii.gz"]
+
+
+def test_split_output_rules(tmp_path, capsys, fake):
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
+    out = tmp_path / "masks"
+    out.mkdir()                                    # an empty folder is fine
+    assert run_cli(capsys, inp, "-o", out, "--split", "--quiet")[0] == 0
+    (out / "stale.txt").write_text("from an older run")
+    rc, _, err = run_cli(capsys, inp, "-o", out, "--split", "--quiet")
+    assert rc == 2 and "--overwrite" in err and (out / "stale.txt").exists()
+    assert run_cli(capsys, inp, "-o", out, "--split", "--quiet", "--overwrite")[0] == 0
+    assert not (out / "stale.txt").exists() and (out / "liver.nii.gz").exists()     # replaced whole
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    for argv, word in [([foreign, "--overwrite"], "not a folder of npunet masks"),
+                       ([tmp_path / "m.nii.gz"], "folder"),
+                       ([tmp_path / "in"], "holds the input"),
+                       ([tmp_path / "m2", "--output-type", "dicom-seg"], "does not combine")]:
+        rc, _, err = run_cli(capsys, inp, "-o", *argv, "--split", "--quiet")
+        print(f"\n  {word}: rc {rc}: {err.strip()}")
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and word in err, err
+    assert (foreign / "thesis.tex").read_text() == "precious" and all_files(foreign) == ["thesis.tex"]
+    assert not (tmp_path / "m.nii.gz").exists() and not (tmp_path / "m2").exists()
+    assert all_files(tmp_path / "in") == ["ct_0000.nii.gz"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_split_failure_leaves_nothing(tmp_path, capsys, fake, monkeypatch):
+    import npunet.preview
+
+    def broken(*args, **kwargs):
+        raise InputError("disk full (simulated)")
+    monkeypatch.setattr(npunet.preview, "write_preview", broken)
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "out" / "masks", "--split", "--preview", "--quiet")
+    assert rc == 2 and "disk full" in err
+    assert all_files(tmp_path / "out") == []       # neither the folder nor a staging folder
+
+
+def test_dicom_seg_needs_dicom_input(tmp_path, capsys, fake):
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "out" / "ct.dcm", "--output-type", "dicom-seg")
+    print(f"\n  {err.strip()}")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "needs a DICOM series folder" in err
+    assert fake["load"] == 0 and all_files(tmp_path / "out") == []
+
+
+def test_dicom_seg_without_highdicom(data_dir, tmp_path, capsys, fake, monkeypatch):
+    monkeypatch.setitem(sys.modules, "highdicom", None)      # import highdicom now raises ImportError
+    rc, _, err = run_cli(capsys, data_dir / "dicom" / "ts_chest", "-o", tmp_path / "out" / "x.dcm",
+                         "--output-type", "dicom-seg")
+    print(f"\n  {err.strip()}")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "pip install 'npunet[dicom]'" in err
+    assert fake["load"] == 0 and all_files(tmp_path / "out") == []
+
+
+def test_dicom_seg_output_rules_and_failures(data_dir, tmp_path, capsys, fake, monkeypatch):
+    pytest.importorskip("highdicom")
+    series = data_dir / "dicom" / "ts_chest"
+    out = tmp_path / "out"
+    rc, _, err = run_cli(capsys, series, "-o", out / "x.nii.gz", "--output-type", "dicom-seg", "--quiet")
+    assert rc == 2 and ".dcm" in err and all_files(out) == []
+    # no organ left to write: a SEG needs a segment (the fake network finds labels 1 and 2 only)
+    rc, _, err = run_cli(capsys, series, "-o", slash(out), "--output-type", "dicom-seg", "--organs", "gallbladder",
+                         "--statistics", "--quiet")
+    print(f"\n  {err.strip()}")
+    assert rc == 2 and "no organ found" in err and all_files(out) == []
+    # a failure while writing the object or a later file leaves nothing
+    import highdicom
+    import npunet.preview
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device (simulated)")   # atomic_write turns it into one line
+    with monkeypatch.context() as patch:
+        patch.setattr(highdicom.seg.Segmentation, "save_as", broken)
+        rc, _, err = run_cli(capsys, series, "-o", slash(out), "--output-type", "dicom-seg", "--quiet")
+    assert rc == 2 and "No space left" in err and all_files(out) == []
+
+    def broken_preview(*args, **kwargs):
+        seen.extend(all_files(out))          # the SEG and the statistics are written by then
+        raise InputError("disk full (simulated)")
+    seen = []
+    monkeypatch.setattr(npunet.preview, "write_preview", broken_preview)
+    rc, _, err = run_cli(capsys, series, "-o", slash(out), "--output-type", "dicom-seg", "--statistics", "--preview",
+                         "--quiet")
+    assert rc == 2 and "disk full" in err and all_files(out) == []
+    assert seen == ["ts_chest.dcm", "ts_chest.statistics.csv", "ts_chest.statistics.json"]
 
 
 # -------------------------------------------------------------------------------------- folder mode --
