@@ -473,6 +473,11 @@ def test_dicom_seg_output_rules_and_failures(data_dir, tmp_path, capsys, fake, m
     out = tmp_path / "out"
     rc, _, err = run_cli(capsys, series, "-o", out / "x.nii.gz", "--output-type", "dicom-seg", "--quiet")
     assert rc == 2 and ".dcm" in err and all_files(out) == []
+    copy = _series(data_dir, tmp_path)
+    before = all_files(copy)
+    for argv in ([slash(copy), "--output-type", "dicom-seg"], [copy / "masks", "--split"], [slash(copy)]):
+        rc, _, err = run_cli(capsys, copy, "-o", *argv, "--quiet")
+        assert rc == 2 and "inside the input series folder" in err and all_files(copy) == before, err
     # no organ left to write: a SEG needs a segment (the fake network finds labels 1 and 2 only)
     rc, _, err = run_cli(capsys, series, "-o", slash(out), "--output-type", "dicom-seg", "--organs", "gallbladder",
                          "--statistics", "--quiet")
