@@ -18,12 +18,13 @@ A folder (`staged_folder`) follows the same rules: it is filled under a hidden t
 name (or an empty folder) and fails onto a folder with files in it, and a published folder is never empty,
 so of two runs exactly one wins. With overwrite, a folder in the way (if `may_replace(path)` allows it) is
 first renamed aside to a temporary name and deleted after the new one is in place.
-`unpublish(path)` takes back a file (or folder) this process published (a failed job's clean-up) and leaves alone one
-that another process put there. Nothing is ever half-written under `path`, and a temporary file never
-outlives a failure, an exception, Ctrl-C or SIGTERM: it is removed on the way out. Creating a temporary file
-and listing it, and publishing a file and recording it as ours, each happen with the signals held back for
-those few system calls, so `remove_temporaries()` (which removes temporary folders whole) (called by npunet.signals as the process exits on a
-signal) and `unpublish` always know every file. Stdlib only: any layer may use it.
+`unpublish(path)` takes back a file (or folder) this process published (a failed job's clean-up) and leaves
+alone one that another process put there. Nothing is ever half-written under `path`, and a temporary file
+or folder never outlives a failure, an exception, Ctrl-C or SIGTERM: it is removed on the way out. Creating
+a temporary file or folder and listing it, and publishing one and recording it as ours, each happen with
+the signals held back for those few system calls, so `remove_temporaries()` (called by npunet.signals as
+the process exits on a signal; it removes temporary folders whole) and `unpublish` always know every file.
+Stdlib only: any layer may use it.
 """
 
 from __future__ import annotations
@@ -101,14 +102,19 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
 def staged_folder(path: str | os.PathLike, overwrite: bool = False, may_replace=None):
     """Yield a new empty folder beside `path` (hidden temporary name, same parent) to fill; when the block
     ends without an exception it is published as `path` whole (see the module doc), else removed with all
-    it holds. The parent folder must exist.
+    it holds. Missing parent folders are created (and stay).
 
     overwrite=False: InputError "exists already" when `path` is a folder with files in it (or a file) by
     then; an empty folder is replaced. overwrite=True: a folder in the way is replaced, provided
     `may_replace(path)` (default: any folder) is true; otherwise InputError. OSError becomes InputError.
-    Files written inside the yielded folder need no publishing of their own: the folder is the unit.
+    Files written inside the yielded folder need no publishing of their own: the folder is the unit. Put
+    at least one file in it: an empty folder, once published, would not keep a second run out.
     """
     path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot create the output folder ({_one_line(exc)})") from None
     try:
         with _signals_deferred():         # no Ctrl-C between creating the folder and listing it
             staging = tempfile.mkdtemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)

@@ -4,8 +4,10 @@ function) and `segment_image` (a nibabel image in, a nibabel label image out).
 
 Output types: a NIfTI label map (default); a DICOM Segmentation over the input series (--output-type
 dicom-seg, DICOM input only; npunet.io.dicom_seg); a folder of one NIfTI mask per organ (--split), filled
-under a temporary name and published whole (npunet.publish.staged_folder). --organs keeps the listed organs in every output and
-in the statistics, the others become background.
+under a temporary name and published whole (npunet.publish.staged_folder). --organs keeps the listed
+organs in every output and in the statistics, the others become background. Every file and folder is
+published the same way (npunet.publish): exclusively without --overwrite, never half-written, taken back
+if the case fails or is interrupted.
 
 Order of work, so that mistakes surface before the slow part: plan the jobs (npunet.io.cases), check every
 output path (writable folder, not the input, not existing unless --overwrite), load the weights, then per
@@ -33,9 +35,8 @@ from npunet.io.cases import Job, plan_jobs, read_job
 from npunet.io.dicom_seg import SEG_SUFFIX
 from npunet.labels import keep_organs, parse_organs
 from npunet.statistics import label_counts
-from npunet.io.nifti import (check_output_folder, check_output_path, is_masks_folder, labels_image,
-                             labels_json_path, MASKS_MARKER, sidecar_path, validate_image, write_labels,
-                             write_organ_masks)
+from npunet.io.nifti import (MASKS_MARKER, check_output_folder, check_output_path, is_masks_folder, labels_image,
+                             labels_json_path, sidecar_path, validate_image, write_labels, write_organ_masks)
 from npunet.io.validate import image_warnings, orientation_affine, parse_axcodes
 from npunet.publish import staged_folder, unpublish
 

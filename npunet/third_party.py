@@ -1,5 +1,5 @@
 """stderr belongs to npunet: what the libraries it calls would print there (Python warnings, and the log
-records of nibabel, pydicom and numba) is captured here instead, one line per message.
+records of nibabel, pydicom, highdicom and numba) is captured here instead, one line per message.
 
     with captured() as notes:                  # this thread's warnings and log records inside the block
         img = nib.Nifti1Image.from_bytes(raw)
@@ -20,7 +20,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 
-LOGGERS = ("nibabel", "nibabel.global", "pydicom", "numba")
+LOGGERS = ("nibabel", "nibabel.global", "pydicom", "highdicom", "numba")
 MAX_NOTES = 20
 
 _local = threading.local()

@@ -450,6 +450,51 @@ def test_split_failure_leaves_nothing(tmp_path, capsys, fake, monkeypatch):
     assert all_files(tmp_path / "out") == []       # neither the folder nor a staging folder
 
 
+def test_split_loses_to_a_folder_that_appears_meanwhile(tmp_path, capsys, fake, monkeypatch):
+    """Another run publishes the same --split folder while this one writes its masks (both passed the check
+    before any work): this run's folder is not published over it ("exists already", exit 2), the other
+    run's folder is left as it is, and no staging folder remains."""
+    real = segment_cli.write_organ_masks
+
+    def masks_then_another_run_finishes(labels, like, folder, organs):
+        paths = real(labels, like, folder, organs)
+        (tmp_path / "masks").mkdir()
+        (tmp_path / "masks" / "labels.json").write_text("another run's\n")
+        return paths
+    monkeypatch.setattr(segment_cli, "write_organ_masks", masks_then_another_run_finishes)
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "masks", "--split", "--statistics", "--quiet")
+    print(f"\n  rc {rc}: {err.strip()}")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "exists already" in err
+    assert all_files(tmp_path / "masks") == ["labels.json"]
+    assert (tmp_path / "masks" / "labels.json").read_text() == "another run's\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "masks"]     # no .masks.*.tmp left
+
+
+def test_split_overwrite_takes_back_only_its_own_folder(tmp_path, capsys, fake, monkeypatch):
+    """--overwrite replaces an older folder of masks whole; when the run then fails, the folder it published
+    is taken back (npunet.publish.unpublish), the older one is gone as with any replaced output, and
+    nothing hidden (the staging folder, the older folder set aside) is left."""
+    inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
+    assert run_cli(capsys, inp, "-o", tmp_path / "masks", "--split", "--quiet")[0] == 0
+    (tmp_path / "masks" / "stale.txt").write_text("older run")
+    assert run_cli(capsys, inp, "-o", tmp_path / "masks", "--split", "--overwrite", "--quiet")[0] == 0
+    assert "stale.txt" not in all_files(tmp_path / "masks") and (tmp_path / "masks" / "liver.nii.gz").exists()
+
+    def fail_after_publishing(*args, **kwargs):
+        raise InputError("simulated failure after the folder was published")
+    real_log = segment_cli._Log.say
+
+    def say(self, text):
+        real_log(self, text)
+        if "wrote the folder" in text:
+            fail_after_publishing()
+    monkeypatch.setattr(segment_cli._Log, "say", say)
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "masks", "--split", "--overwrite")
+    assert rc == 2 and "simulated failure" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 def test_dicom_seg_needs_dicom_input(tmp_path, capsys, fake):
     inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
     rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "out" / "ct.dcm", "--output-type", "dicom-seg")
@@ -503,6 +548,24 @@ def test_dicom_seg_output_rules_and_failures(data_dir, tmp_path, capsys, fake, m
                          "--quiet")
     assert rc == 2 and "disk full" in err and all_files(out) == []
     assert seen == ["ts_chest.dcm", "ts_chest.statistics.csv", "ts_chest.statistics.json"]
+
+
+def test_dicom_seg_loses_to_a_file_that_appears_meanwhile(data_dir, tmp_path, capsys, fake, monkeypatch):
+    """The SEG is published exclusively (npunet.publish): another run's file that takes the name while this
+    run writes stays as it is; this run exits 2 with "exists already" and leaves nothing of its own."""
+    hd = pytest.importorskip("highdicom")
+    out = tmp_path / "out"
+    real = hd.seg.Segmentation.save_as
+
+    def save_then_another_run_finishes(self, filename, *args, **kwargs):
+        real(self, filename, *args, **kwargs)
+        (out / "ts_chest.dcm").write_bytes(b"another run's SEG")
+    monkeypatch.setattr(hd.seg.Segmentation, "save_as", save_then_another_run_finishes)
+    rc, _, err = run_cli(capsys, data_dir / "dicom" / "ts_chest", "-o", slash(out), "--output-type", "dicom-seg",
+                         "--statistics", "--quiet")
+    print(f"\n  rc {rc}: {err.strip()}")
+    assert rc == 2 and "exists already" in err and err.strip().splitlines()[-1].count("error") == 1
+    assert all_files(out) == ["ts_chest.dcm"] and (out / "ts_chest.dcm").read_bytes() == b"another run's SEG"
 
 
 # -------------------------------------------------------------------------------------- folder mode --

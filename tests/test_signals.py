@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from npunet.errors import InputError
-from npunet.publish import atomic_write
+from npunet.labels import LABELS
+from npunet.publish import atomic_write, remove_temporaries, staged_folder, unpublish
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "tests" / "fixtures" / "tiny_standard_unet.npuw"
@@ -144,12 +145,9 @@ def test_sigterm_during_start_up(tmp_path):
                                                       "npunet: terminated (SIGTERM)"), err
 
 
-def test_two_concurrent_runs_one_output(tmp_path):
-    """Two runs write the same output without --overwrite, both past the up-front existence check, both with
-    their temporary files written: exactly one publishes, the other says "exists already"."""
-    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
-    out = tmp_path / "out" / "ct.nii.gz"
-    procs = [start_driver(tmp_path, "race", "segment", inp, "-o", out, "--quiet") for _ in range(2)]
+def run_race(tmp_path, argv) -> tuple[list[int], list[str]]:
+    """Two drivers in race mode: both hold at their first nib.save until both are there, then go at once."""
+    procs = [start_driver(tmp_path, "race", *argv) for _ in range(2)]
     try:
         deadline = time.time() + 120
         while len(list(tmp_path.glob("ready-*"))) < 2:
@@ -157,43 +155,60 @@ def test_two_concurrent_runs_one_output(tmp_path):
                 [p.communicate()[1] for p in procs if p.poll() is not None]
             time.sleep(0.05)
         (tmp_path / "go").touch()
-        results = [p.communicate(timeout=60) for p in procs]
+        results = [p.communicate(timeout=120) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    codes = sorted(p.returncode for p in procs)
-    errs = [e.strip() for _, e in results]
+    return [p.returncode for p in procs], [e.strip() for _, e in results]
+
+
+def test_two_concurrent_runs_one_output(tmp_path):
+    """Two runs write the same output without --overwrite, both past the up-front existence check, both with
+    their temporary files written: exactly one publishes, the other says "exists already"."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    out = tmp_path / "out" / "ct.nii.gz"
+    codes, errs = run_race(tmp_path, ["segment", inp, "-o", out, "--quiet"])
     print(f"\n  exit codes {codes}; stderr {errs}; files {files_in(out.parent)}")
-    assert codes == [0, 2]
-    loser = errs[[p.returncode for p in procs].index(2)]
+    assert sorted(codes) == [0, 2]
+    loser = errs[codes.index(2)]
     assert loser.count("\n") == 0 and "exists already" in loser and loser.startswith("npunet segment: error: ")
     assert files_in(out.parent) == ["ct.labels.json", "ct.nii.gz"]
     assert nib.load(out).shape == (12, 10, 8)
+
+
+def one_winner_of(publish, threads: int = 8) -> list[int]:
+    """Run publish(i, barrier) in `threads` threads at once; assert that all but one got "exists already"
+    (InputError) and return the winners (the one)."""
+    barrier = threading.Barrier(threads)
+    outcome = {}
+
+    def writer(i):
+        try:
+            publish(i, barrier)
+            outcome[i] = "won"
+        except InputError as exc:
+            outcome[i] = str(exc)
+    running = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()
+    winners = [i for i, o in outcome.items() if o == "won"]
+    assert len(winners) == 1 and all("exists already" in o for o in outcome.values() if o != "won"), outcome
+    return winners
 
 
 def test_atomic_write_exclusive_between_threads(tmp_path):
     """Eight threads publish the same name at once without overwrite: one wins, seven get InputError, and
     the file holds the winner's bytes; no temporary file remains."""
     target = tmp_path / "same.json"
-    barrier = threading.Barrier(8)
-    outcome = {}
 
-    def writer(i):
+    def publish(i, barrier):
         def write(tmp):
             Path(tmp).write_text(f"writer {i}\n")
             barrier.wait()
-        try:
-            atomic_write(target, write, overwrite=False)
-            outcome[i] = "won"
-        except InputError as exc:
-            outcome[i] = str(exc)
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [i for i, o in outcome.items() if o == "won"]
-    assert len(winners) == 1 and all("exists already" in o for o in outcome.values() if o != "won")
+        atomic_write(target, write, overwrite=False)
+    winners = one_winner_of(publish)
     assert target.read_text() == f"writer {winners[0]}\n" and files_in(tmp_path) == ["same.json"]
 
 
@@ -205,3 +220,104 @@ def test_closed_pipe_is_quiet(tmp_path):
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert proc.returncode == 141 and err == "", err
+
+
+# ---------------------------------------------------------------------------- --split: a whole folder --
+
+MASK_FILES = sorted([f"{name}.nii.gz" for k, name in LABELS.items() if k] + ["labels.json"])
+
+
+@pytest.mark.parametrize("sig,code,mode", [(signal.SIGTERM, 143, "pause"), (signal.SIGINT, 130, "pause"),
+                                           (signal.SIGTERM, 143, "pause-statistics")])
+def test_signal_during_split_leaves_no_staging_folder(tmp_path, sig, code, mode):
+    """A signal while --split fills its staging folder (at the first mask; or at the statistics, every mask
+    written): exit 128+signal, one line, and neither the folder nor the hidden staging folder is left."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    out = tmp_path / "out"
+    proc = start_driver(tmp_path, mode, "segment", inp, "-o", out / "masks", "--split", "--statistics", "--quiet")
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("TEMP "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        temp = Path(line.split(" ", 1)[1].strip())
+        staging = temp.parent
+        inside = files_in(staging)
+        assert staging.parent == out and staging.name.startswith(".masks.") and staging.name.endswith(".tmp")
+        assert files_in(out) == [staging.name]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    print(f"\n  {mode}, {signal.Signals(sig).name}: {len(inside)} files in {staging.name} at the signal; "
+          f"rc {proc.returncode}; stderr {err.strip()!r}; left {files_in(out)}")
+    assert proc.returncode == code and err.strip().startswith("npunet segment: ") and err.count("\n") == 1
+    assert files_in(out) == []
+    if mode == "pause-statistics":
+        assert set(MASK_FILES) <= set(inside)
+
+
+def test_two_concurrent_split_runs_one_folder(tmp_path):
+    """Two --split runs into the same new folder, both past the up-front check, both with their staging
+    folders filled: exactly one publishes, the other says "exists already"; the folder is the winner's,
+    whole, and no staging folder is left."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    out = tmp_path / "out"
+    codes, errs = run_race(tmp_path, ["segment", inp, "-o", out / "masks", "--split", "--quiet"])
+    print(f"\n  exit codes {codes}; stderr {errs}; left {files_in(out)}")
+    assert sorted(codes) == [0, 2]
+    loser = errs[codes.index(2)]
+    assert loser.count("\n") == 0 and "exists already" in loser and loser.startswith("npunet segment: error: ")
+    assert files_in(out) == ["masks"] and files_in(out / "masks") == MASK_FILES
+    assert nib.load(out / "masks" / "liver.nii.gz").shape == (12, 10, 8)
+
+
+def test_two_concurrent_split_runs_with_overwrite(tmp_path):
+    """With --overwrite over an older folder of masks, two concurrent runs both succeed; what is left is one
+    complete folder (the last to publish), without the older folder's files and without anything hidden."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "labels.json").write_text("{}\n")
+    (out / "masks" / "stale.nii.gz").write_bytes(b"older run")
+    codes, errs = run_race(tmp_path, ["segment", inp, "-o", out / "masks", "--split", "--overwrite", "--quiet"])
+    print(f"\n  exit codes {codes}; stderr {errs}; left {files_in(out)}")
+    assert codes == [0, 0] and errs == ["", ""]
+    assert files_in(out) == ["masks"] and files_in(out / "masks") == MASK_FILES
+
+
+def test_staged_folder_exclusive_between_threads(tmp_path):
+    """Eight threads publish a folder under the same name at once without overwrite: one wins, seven get
+    InputError, the folder holds the winner's file only, and no staging folder remains."""
+    target = tmp_path / "masks"
+
+    def publish(i, barrier):
+        with staged_folder(target) as folder:
+            (folder / "who.txt").write_text(f"writer {i}\n")
+            barrier.wait()
+    winners = one_winner_of(publish)
+    assert files_in(tmp_path) == ["masks"] and (target / "who.txt").read_text() == f"writer {winners[0]}\n"
+
+
+def test_staged_folder_clean_up(tmp_path):
+    """The staging folder is listed for remove_temporaries (what the signal handler calls) while it is being
+    filled; an exception removes it; may_replace guards what --overwrite may replace; unpublish takes back
+    only the folder this process published."""
+    with pytest.raises(InputError, match="cannot write"):
+        with staged_folder(tmp_path / "a") as folder:
+            (folder / "x.nii.gz").write_bytes(b"x")
+            assert remove_temporaries() == [str(folder)] and not folder.exists()
+    assert files_in(tmp_path) == []
+    with staged_folder(tmp_path / "a") as folder:
+        (folder / "x.nii.gz").write_bytes(b"x")
+    assert files_in(tmp_path) == ["a"] and files_in(tmp_path / "a") == ["x.nii.gz"]
+    with pytest.raises(RuntimeError):
+        with staged_folder(tmp_path / "b") as folder:
+            (folder / "x.nii.gz").write_bytes(b"x")
+            raise RuntimeError("failed halfway")
+    assert files_in(tmp_path) == ["a"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match="did not write"):
+        with staged_folder(tmp_path / "mine", overwrite=True, may_replace=lambda p: False) as folder:
+            (folder / "x").write_text("x")
+    assert files_in(tmp_path / "mine") == ["thesis.tex"] and files_in(tmp_path) == ["a", "mine"]
+    assert not unpublish(tmp_path / "mine") and unpublish(tmp_path / "a") and files_in(tmp_path) == ["mine"]

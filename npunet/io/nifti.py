@@ -276,7 +276,8 @@ def check_output_folder(folder: str | os.PathLike, input_path: str | os.PathLike
     Raises InputError when: the folder is the input, holds it, or lies inside an input folder; it is a file;
     it exists with files in it and overwrite is False, or overwrite is True but it is not a folder of
     npunet masks (no labels.json: it is replaced whole, so only a folder that npunet wrote may be); its name
-    is longer than a file system takes; or its parent (or nearest existing ancestor) is not writable. An empty folder is fine: publishing replaces it.
+    is longer than a file system takes; or its parent (or nearest existing ancestor) is not writable
+    (npunet.publish.check_writable). An empty folder is fine: publishing replaces it.
     """
     folder = Path(folder)
     if input_path is not None:
