@@ -6,6 +6,7 @@
     logits = net(x)                           # (N, 3, H, W) float32 -> (N, 14, H, W) float32
     labels_img = npunet.segment_image(img)    # nibabel CT image -> uint8 label image on the same grid
     npunet.segment("series/", "organs.dcm", output_type="dicom-seg")    # `npunet segment` as a function
+    rows = npunet.segment_many("imagesTs/", "out/", workers=2)   # a cohort, on Dask; the manifest rows
 """
 
 from __future__ import annotations
@@ -55,3 +56,10 @@ def segment(input, output, **options):
     """
     from npunet.segment_cli import segment as _segment
     return _segment(input, output, **options)
+
+
+def segment_many(inputs, output_dir, client=None, **options):
+    """Segment a cohort (a folder, or a list of NIfTI files and DICOM series folders) into `output_dir`,
+    resumably, on a Dask cluster or in this process; returns the manifest rows (see npunet.cohort)."""
+    from npunet.cohort import segment_many as _segment_many
+    return _segment_many(inputs, output_dir, client=client, **options)

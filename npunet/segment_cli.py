@@ -34,7 +34,8 @@ from npunet.errors import InputError, NpunetError
 from npunet.io.cases import Job, plan_jobs, read_job
 from npunet.io.dicom_seg import SEG_SUFFIX
 from npunet.labels import keep_organs, parse_organs
-from npunet.statistics import label_counts
+from npunet.preprocess import axial_axis
+from npunet.statistics import label_counts, voxel_volume_mm3
 from npunet.io.nifti import (MASKS_MARKER, check_output_folder, check_output_path, is_masks_folder, labels_image,
                              labels_json_path, sidecar_path, validate_image, write_labels, write_organ_masks)
 from npunet.io.validate import image_warnings, orientation_affine, parse_axcodes
@@ -59,10 +60,17 @@ examples:
   npunet segment dicom/series_folder/ -o organs.dcm --output-type dicom-seg
   npunet segment ct.nii.gz -o masks/ --split --organs liver,spleen,left_kidney,right_kidney
   npunet segment imagesTs/ -o predictions/ --threads 8      (CASE_0000.nii.gz -> predictions/CASE.nii.gz)
+  npunet segment imagesTs/ -o predictions/ --workers 2      (a local Dask cluster; resumable; a manifest)
+  npunet segment --list cases.txt -o predictions/ --scheduler tcp://10.0.0.1:8786
 
 a header without orientation (qform and sform codes 0) is refused unless --assume-orientation says how the
 voxel axes run (e.g. RAS: i to the right, j anterior, k superior; LPS: left, posterior, superior); the output
 keeps the input's header as it is.
+
+cohort runs (--workers, --scheduler or --list; NIfTI label maps; see docs/cohort.md):
+  OUTPUT/npunet_manifest.csv/.json  one row per case: status (done, skipped, failed, busy, pending), error,
+                                    seconds, worker, slices, organ volumes in mL
+  OUTPUT/.npunet/                   per-case locks and completion records; a re-run skips complete cases
 
 exit codes: 0 success; 1 some cases of a folder failed; 2 bad input, weights or output (nothing written);
 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): temporary files are removed either way.
@@ -72,9 +80,9 @@ exit codes: 0 success; 1 some cases of a folder failed; 2 bad input, weights or 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    p.add_argument("input", metavar="INPUT",
+    p.add_argument("input", metavar="INPUT", nargs="?",
                    help="a CT as a NIfTI file (.nii/.nii.gz, in Hounsfield units), a folder holding one DICOM "
-                        "series, or a folder of cases named CASE_0000.nii.gz")
+                        "series, a folder of cases named CASE_0000.nii.gz, or a folder of DICOM series folders")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="the label map to write (.nii.gz or .nii); a folder (existing, or ending with '/') "
                         "receives CASE.nii.gz; required to be a folder when INPUT is a folder of cases")
@@ -110,6 +118,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="for a NIfTI header without orientation (qform and sform codes 0, otherwise refused): "
                         "how its voxel axes run, as three axis codes (RAS, LPS, LAS, ...); ignored, with a "
                         "warning, for images whose header has its own orientation")
+    from npunet import cohort
+    cohort.add_arguments(p)
 
 
 def _axcodes(text: str) -> str:
@@ -120,6 +130,11 @@ def _axcodes(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from npunet import cohort
+    if cohort.wanted(args):
+        return cohort.run(args)
+    if args.input is None:
+        raise NpunetError("give the INPUT to segment (a file or folder), or --list FILE")
     results, batch = segment(args.input, args.output, weights=args.weights, threads=args.threads,
                              batch_size=args.batch_size, postprocess=not args.no_postprocess,
                              overwrite=args.overwrite, statistics=args.statistics, preview=args.preview,
@@ -184,6 +199,8 @@ class CaseResult:
     error: str | None = None
     seconds: float = 0.0
     written: list[Path] = field(default_factory=list)
+    slices: int | None = None                                   # axial slices segmented
+    volumes_ml: dict[str, float] = field(default_factory=dict)  # organ name -> volume in mL
 
 
 def output_files(output: str | os.PathLike, statistics: bool = False, preview: bool = False,
@@ -227,13 +244,7 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     image, also for a bad image. For a folder of cases, a bad case is recorded in its CaseResult (ok=False,
     error=message) and the other cases still run.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise NpunetError(f"--batch-size must be an integer of at least 1, got {batch_size}")
-    if assume_orientation is not None:
-        try:
-            assume_orientation = parse_axcodes(assume_orientation)
-        except ValueError as exc:
-            raise NpunetError(f"--assume-orientation: {exc}") from None
+    assume_orientation = check_options(batch_size, assume_orientation)
     if output_type not in OUTPUT_TYPES:
         raise NpunetError(f"--output-type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
     if split and output_type != "nifti":
@@ -243,7 +254,7 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     if split and str(output_path).lower().endswith((".nii", ".nii.gz", ".dcm")):
         raise NpunetError(f"{output_path}: with --split the output is a folder of masks; give a folder name")
     jobs = plan_jobs(input_path, output_path, suffix=suffix)
-    batch = Path(input_path).is_dir() and jobs[0].kind == "nifti"
+    batch = Path(input_path).is_dir() and jobs[0].input != Path(input_path)   # a folder of cases, not one series
     name_suffixes = (".nii.gz", ".nii")
     if output_type == "dicom-seg":
         if jobs[0].kind != "dicom":
@@ -284,26 +295,63 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
 
     results = []
     for i, job in enumerate(jobs, start=1):
-        prefix = f"[{i}/{len(jobs)}] {job.case}" if batch else job.case
-        result = CaseResult(job.case, job.output, ok=False)
-        t0 = time.perf_counter()
-        try:
-            _segment_job(job, model, output, log, prefix, batch_size=batch_size, postprocess=postprocess,
-                         overwrite=overwrite, statistics=statistics, preview=preview, written=result.written,
-                         before_segmenting=warm_up.join, prefetched=first_read if i == 1 else None,
-                         assume_orientation=assume_orientation)
-            result.ok = True
-        except BaseException as exc:
-            for p in result.written:  # a failed (or interrupted) case leaves nothing of its own behind
-                unpublish(p)          # (a file, or the --split folder; one another run put there stays)
-            result.written.clear()
-            if not batch or not isinstance(exc, Exception):
-                raise
-            result.error = str(exc) if isinstance(exc, NpunetError) else f"{type(exc).__name__}: {exc}"
-            print(f"npunet segment: {job.case}: error: {' '.join(result.error.split())}", file=sys.stderr)
-        result.seconds = time.perf_counter() - t0
+        result = segment_case(job, model, output=output, log=log,
+                              prefix=f"[{i}/{len(jobs)}] {job.case}" if batch else job.case, batch_size=batch_size,
+                              postprocess=postprocess, overwrite=overwrite, statistics=statistics, preview=preview,
+                              before_segmenting=warm_up.join, prefetched=first_read if i == 1 else None,
+                              assume_orientation=assume_orientation, raise_errors=not batch)
+        if not result.ok:
+            print(f"npunet segment: {job.case}: error: {result.error}", file=sys.stderr)
         results.append(result)
     return (results, batch) if return_mode else results
+
+
+def check_options(batch_size, assume_orientation: str | None) -> str | None:
+    """NpunetError for a batch size that is not a positive integer or unknown axis codes; returns the
+    axis codes normalised (or None)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise NpunetError(f"--batch-size must be an integer of at least 1, got {batch_size}")
+    if assume_orientation is None:
+        return None
+    try:
+        return parse_axcodes(assume_orientation)
+    except ValueError as exc:
+        raise NpunetError(f"--assume-orientation: {exc}") from None
+
+
+def segment_case(job: Job, model, *, output: "_Output | None" = None, log=None, prefix: str | None = None,
+                 batch_size: int = 8, postprocess: bool = True, overwrite: bool = False, statistics: bool = False,
+                 preview: bool = False, before_segmenting=lambda: None, prefetched=None,
+                 assume_orientation: str | None = None, raise_errors: bool = False) -> CaseResult:
+    """One case, start to finish: read the job's image, segment it, write its outputs.
+
+    This is the unit of work of a folder run and of a cohort task (npunet.cohort calls it on a Dask worker),
+    so that both write the same bytes. output: what to write (default: a NIfTI label map with all the
+    model's organs). A case that fails leaves none of its files behind (nor do KeyboardInterrupt and
+    SystemExit, which are re-raised); its error comes back as result.error, one line, or is re-raised when
+    raise_errors. The numba thread count is the caller's (_set_threads). prefetched: a future of
+    _read_volume(job) already under way.
+    """
+    if output is None:
+        output = _Output("nifti", False, None, _label_names(model), model)
+    result = CaseResult(job.case, job.output, ok=False)
+    t0 = time.perf_counter()
+    try:
+        _segment_job(job, model, output, log or _Log(quiet=True), prefix or job.case, batch_size=batch_size,
+                     postprocess=postprocess, overwrite=overwrite, statistics=statistics, preview=preview,
+                     result=result, before_segmenting=before_segmenting, prefetched=prefetched,
+                     assume_orientation=assume_orientation)
+        result.ok = True
+    except BaseException as exc:
+        for p in result.written:  # a failed (or interrupted) case leaves nothing of its own behind
+            unpublish(p)          # (a file, or the --split folder; one another run put there stays)
+        result.written.clear()
+        if raise_errors or not isinstance(exc, Exception):
+            raise
+        message = str(exc) if isinstance(exc, NpunetError) else f"{type(exc).__name__}: {exc}"
+        result.error = " ".join(message.split())
+    result.seconds = time.perf_counter() - t0
+    return result
 
 
 def _read_volume(job: Job, assume_orientation: str | None = None):
@@ -339,9 +387,11 @@ class _Output:
 
 
 def _segment_job(job: Job, model, output: _Output, log, prefix, *, batch_size, postprocess, overwrite,
-                 statistics, preview, written: list, before_segmenting=lambda: None, prefetched=None,
+                 statistics, preview, result: CaseResult, before_segmenting=lambda: None, prefetched=None,
                  assume_orientation: str | None = None) -> None:
-    """One case; prefetched: a future of _read_volume(job) already under way (its errors raise here)."""
+    """One case; fills result (written files, slices, organ volumes); prefetched: a future of
+    _read_volume(job) already under way (its errors raise here)."""
+    written = result.written
     t0 = time.perf_counter()
     log.say(f"{prefix}: reading {job.input}")
     img, volume = prefetched.result() if prefetched is not None else _read_volume(job, assume_orientation)
@@ -361,6 +411,11 @@ def _segment_job(job: Job, model, output: _Output, log, prefix, *, batch_size, p
     _check_labels(labels, volume.shape)
     if output.organ_ids is not None:
         labels = keep_organs(labels, output.organ_ids)
+    counts = label_counts(labels)
+    result.slices = int(volume.shape[axial_axis(affine)])
+    voxel_ml = voxel_volume_mm3(affine) / 1000.0
+    result.volumes_ml = {name: round(int(counts[k]) * voxel_ml, 4) for k, name in sorted(output.label_names.items())
+                         if 0 < k < len(counts)}
     detail = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if v) if timings else ""
     log.say(f"{prefix}: segmented in {time.perf_counter() - t1:.1f} s" + (f" ({detail})" if detail else ""))
 

@@ -7,7 +7,9 @@ INPUT may be
   - a folder of DICOM files (files with the DICM magic) holding one series: one job, as for a file; the case
     name is the folder's name;
   - a folder of NIfTI cases, `CASE_0000.nii.gz` (or plain `CASE.nii.gz`): OUTPUT is a folder that receives
-    `CASE.nii.gz` for each. Files of other channels (`CASE_0001.nii.gz`, ...) are not CT and are skipped.
+    `CASE.nii.gz` for each. Files of other channels (`CASE_0001.nii.gz`, ...) are not CT and are skipped;
+  - a folder holding only folders, each a DICOM series (its first file carries the DICM magic): one job per
+    series folder, the case named after it; subfolders without DICOM files are not cases.
 The per-case output is a label map CASE.nii.gz by default; plan_jobs' `suffix` makes it CASE.dcm (a DICOM
 SEG) or a folder CASE/ (one mask per organ; a single case's OUTPUT is then that folder itself).
 Nothing is read beyond the first 132 bytes of each file here; reading and validating is for io.nifti and
@@ -78,8 +80,13 @@ def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike, suf
 
     files = sorted(p for p in inp.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        subdirs = [p.name for p in inp.iterdir() if p.is_dir()]
-        what = f" (it only holds folders: {', '.join(sorted(subdirs)[:5])})" if subdirs else ""
+        subdirs = sorted(p for p in inp.iterdir() if p.is_dir() and not p.name.startswith("."))
+        series = [d for d in subdirs if _holds_dicom(d)]
+        if series:
+            out_dir = _folder_output(out)
+            return [Job(d.name, d, out_dir / f"{d.name}{suffix}", "dicom") for d in series]
+        names = ", ".join(d.name for d in subdirs[:5])
+        what = f" (it only holds folders without DICOM files: {names})" if subdirs else ""
         raise InputError(f"{inp}: empty folder, no files to segment{what}")
     niftis = [p for p in files if is_nifti_name(p)]
     dicoms = [p for p in files if not is_nifti_name(p) and has_dicom_magic(p)]
@@ -103,12 +110,27 @@ def plan_jobs(input_path: str | os.PathLike, output_path: str | os.PathLike, suf
         cases[case] = p
     if not cases:
         raise InputError(f"{inp}: no CT channel among the NIfTI files (expected CASE_0000.nii.gz names)")
+    out_dir = _folder_output(out)
+    return [Job(case, p, out_dir / f"{case}{suffix}", "nifti") for case, p in sorted(cases.items())]
+
+
+def _folder_output(out: str) -> Path:
+    """OUTPUT for a folder of cases, which must be a folder (existing, or to be created)."""
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: is a file; with a folder of cases as input the output must be a folder")
     if not out_dir.exists() and is_nifti_name(out):
         raise InputError(f"{out}: with a folder of cases as input the output must be a folder, not a .nii name")
-    return [Job(case, p, out_dir / f"{case}{suffix}", "nifti") for case, p in sorted(cases.items())]
+    return out_dir
+
+
+def _holds_dicom(folder: Path) -> bool:
+    """True when the first (by name) visible file in `folder` carries the DICOM magic."""
+    try:
+        first = min((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), default=None)
+    except OSError:
+        return False
+    return first is not None and has_dicom_magic(first)
 
 
 def read_job(job: Job, assume_orientation: str | None = None):
