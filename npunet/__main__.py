@@ -10,6 +10,7 @@ def run() -> int:
     signals.install()
     try:
         from npunet.cli import console
+        signals.raise_pending()           # a signal whose exception an import swallowed
     except (KeyboardInterrupt, signals.Terminated) as exc:
         return signals.finish_interrupted(exc, None)
     return console()

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from npunet import signals
 from npunet.errors import NpunetError, Terminated
 
 COMMANDS = {
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         from npunet.third_party import captured
         with captured(process=True) as notes:
             code = int(importlib.import_module(args._module).run(args) or 0)
+        signals.raise_pending()            # a signal whose exception was swallowed on the way
         for note in notes.messages:        # the libraries' own words, one line each, after a run that ended
             print(f"npunet {args.command}: warning: {one_line(note)}", file=sys.stderr)
         return code
@@ -81,7 +83,6 @@ def console(argv: list[str] | None = None) -> int:
     interpreter's final garbage collection. Numba leaves many compiler objects behind and collecting them
     made exit a noticeable part of a short run (see the start-up figures in the README); gc.freeze() marks
     them permanent, so exit is immediate."""
-    from npunet import signals
     signals.install()
     try:
         code = main(argv)

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from npunet.errors import InputError
+from npunet.signals import raise_pending
 
 _LIVE: set[str] = set()                          # temporary files and folders to remove on the way out
 _PUBLISHED: dict[str, tuple[int, int]] = {}     # path -> (st_dev, st_ino) of the file this process put there
@@ -82,6 +83,7 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
         os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o644 & ~_umask())     # mkstemp made it 0600; give it the usual permissions
+        raise_pending()                   # never publish after a signal, even one whose exception was lost
         with _signals_deferred():         # published and recorded as ours in one step
             with _LOCK:
                 _PUBLISHED[os.path.abspath(path)] = _identity(tmp)
@@ -126,6 +128,7 @@ def staged_folder(path: str | os.PathLike, overwrite: bool = False, may_replace=
         yield Path(staging)
         try:
             os.chmod(staging, 0o777 & ~_umask())     # mkdtemp made it 0700
+            raise_pending()
             _publish_folder(staging, path, overwrite, may_replace)
         except FileExistsError:
             raise InputError(exists_message(path)) from None

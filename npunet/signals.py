@@ -8,6 +8,12 @@ thread is (reading, in the network, writing); both unwind through the `finally` 
 blocks that remove temporary and half-done outputs (npunet.publish), and the command then exits with
 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM) after one line such as "npunet segment:
 interrupted". A second signal during that clean-up is ignored, so it cannot be cut short.
+
+Python ignores an exception raised where it cannot propagate (a weakref callback of the import system, a
+__del__): a signal that lands there would be lost and the run would go on to exit 0. So the handler also
+keeps the exception as pending until finish_interrupted reports it, and raise_pending() raises it again at
+the points that must not be passed after a signal: the end of start-up, the publication of an output and
+the end of a command.
 """
 
 from __future__ import annotations
@@ -22,12 +28,22 @@ HANDLED = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SI
                             getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+_pending: BaseException | None = None     # raised by the handler, not yet reported by finish_interrupted
+
+
 def _on_signal(signum, frame):
+    global _pending
     for s in HANDLED:                     # the clean-up that follows must not be cut short
         signal.signal(s, signal.SIG_IGN)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(signum)
+    _pending = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+    raise _pending
+
+
+def raise_pending() -> None:
+    """Raise again the exception of a signal that arrived and has not been reported yet (it may have been
+    swallowed where Python ignores exceptions); nothing when there is none."""
+    if _pending is not None:
+        raise _pending
 
 
 def install() -> None:
@@ -54,6 +70,8 @@ def describe(exc: BaseException) -> str:
 
 def finish_interrupted(exc: BaseException, command: str | None) -> int:
     """After an interruption: remove what npunet.publish still holds, say so in one line, return the code."""
+    global _pending
+    _pending = None
     from npunet.publish import remove_temporaries
     remove_temporaries()
     prefix = f"npunet {command}" if command else "npunet"

@@ -145,6 +145,35 @@ def test_sigterm_during_start_up(tmp_path):
                                                       "npunet: terminated (SIGTERM)"), err
 
 
+SWALLOWED_SIGNAL = """
+import signal, sys, weakref
+from npunet import signals
+from npunet.publish import atomic_write
+signals.install()
+class Thing: pass
+thing = Thing()
+ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGTERM))
+del thing                               # the handler raises inside the weakref callback: Python ignores it
+print("went on", flush=True)
+try:
+    atomic_write(sys.argv[1], lambda tmp: open(tmp, "w").write("result"))
+except signals.Terminated as exc:
+    sys.exit(signals.finish_interrupted(exc, "test"))
+"""
+
+
+def test_signal_swallowed_by_python_still_stops_publication(tmp_path):
+    """A SIGTERM whose exception Python ignores (it landed in a weakref callback, as in the import system's
+    module locks during start-up) is raised again before anything is published: exit 143, no output."""
+    out = tmp_path / "o.nii.gz"
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED_SIGNAL, str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    print(f"\n  rc {proc.returncode}; stdout {proc.stdout.split()}; stderr ends {proc.stderr.strip().splitlines()[-1:]}")
+    assert "went on" in proc.stdout and "Exception ignored" in proc.stderr    # the exception was swallowed
+    assert proc.returncode == 143 and proc.stderr.strip().endswith("npunet test: terminated (SIGTERM)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def run_race(tmp_path, argv) -> tuple[list[int], list[str]]:
     """Two drivers in race mode: both hold at their first nib.save until both are there, then go at once."""
     procs = [start_driver(tmp_path, "race", *argv) for _ in range(2)]
