@@ -6,17 +6,30 @@
 - `helper`: a serial function called from inside a kernel's prange body.
 
 fastmath stays off: it lets LLVM reorder sums and drop NaN checks, which breaks the parity tests and
-max-pool NaN propagation. error_model="numpy" only removes the ZeroDivisionError checks from divisions.
-cache=True stores compiled code in __pycache__ beside the source, or under $NUMBA_CACHE_DIR when set; on a
-read-only install (package folder not writable, NUMBA_CACHE_DIR unset) it goes to ~/.cache/npunet/numba
-(see _cache_dir_for_read_only_install). NUMBA_DISABLE_JIT=1 runs the
+max-pool NaN propagation. Only the convolutions' multiply-add loops allow its `contract` flag
+(contracting_kernel, contracting_helper): a*b + c may become one FMA, rounded once, decided at compile time.
+error_model="numpy" only removes the ZeroDivisionError checks from divisions.
+cache=True stores compiled code under __pycache__/npunet-<build tag>/ beside the source, or under
+$NUMBA_CACHE_DIR/npunet-<build tag>/ when set; on a read-only install (package folder not writable,
+NUMBA_CACHE_DIR unset) under ~/.cache/npunet/numba/npunet-<build tag>/ (see _cache_dir_for_read_only_install
+and _tagged_cache_dir). NUMBA_DISABLE_JIT=1 runs the
 same source as plain Python, for debugging.
+
+Vector width: LLVM's tuning for Intel server CPUs (skylake-avx512 .. graniterapids) carries the subtarget
+feature `prefer-256-bit`, so on those CPUs Numba emitted 256-bit (ymm) loops although the CPU has 512-bit
+registers, while on AMD Zen 4/5 it emitted zmm: the same kernels ran about half as fast on an Intel Xeon.
+_full_width_vectors() switches that preference off when the CPU has AVX-512 (it must run before the first
+kernel below is compiled), and the compiled kernels are cached per build tag (see _tagged_cache_dir), so code
+compiled with other settings is never loaded. tests/test_vector_width.py compiles the hot kernels for
+sapphirerapids and znver4 and checks their hot loops use zmm FMAs.
 """
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
+import llvmlite.binding
 import numba
 import numpy as np
 
@@ -43,19 +56,90 @@ def _cache_dir_for_read_only_install():
             return
 
 
-_cache_dir_for_read_only_install()
+def cpu_features():
+    """The feature string Numba compiles for: $NUMBA_CPU_FEATURES when set, else the host's (LLVM's view)."""
+    if numba.config.CPU_FEATURES is not None:
+        return numba.config.CPU_FEATURES
+    return llvmlite.binding.get_host_cpu_features().flatten()
+
+
+def cpu_name():
+    """The CPU Numba tunes for: $NUMBA_CPU_NAME when set, else the host CPU as LLVM names it."""
+    return numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
+
+
+def _full_width_vectors():
+    """With AVX-512 in the features, add -prefer-256-bit to them (unless the user's $NUMBA_CPU_FEATURES already
+    says either way), so that LLVM vectorises with zmm registers on Intel as it does on AMD. The features, not
+    the CPU name, decide the instructions: a CPU name LLVM does not know falls back to a generic tuning, but
+    with the host's features it still gets AVX-512."""
+    features = cpu_features()
+    if "+avx512f" in features.split(",") and "prefer-256-bit" not in features:
+        numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
+
+
+_full_width_vectors()
 
 _OPTIONS = dict(cache=True, fastmath=False, error_model="numpy")
+# The inner loops of the convolutions may fuse a*b + c into one FMA (one rounding instead of two), nothing else:
+# no reordering, NaN and Inf kept. Decided at compile time, so the same on every thread count and tiling.
+_CONTRACT = dict(_OPTIONS, fastmath={"contract"})
+
+
+def _build_tag():
+    """Hash of what the compiled code depends on beyond a function's own bytecode, which is all Numba's cache
+    index checks: the kernel sources (a helper changed in another file), the compile options, the CPU name and
+    features (a different $NUMBA_CPU_FEATURES), and numba/llvmlite versions."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    h.update(repr((_OPTIONS, _CONTRACT, cpu_name(), cpu_features(), numba.__version__,
+                   llvmlite.__version__)).encode())
+    return h.hexdigest()[:12]
+
+
+BUILD_TAG = _build_tag()
+
+
+def _tagged_cache_dir():
+    """Numba's cache folder for this build tag: <base>/npunet-<tag>, base being $NUMBA_CACHE_DIR (or the
+    user-wide folder chosen above) when set, else the kernels' own __pycache__."""
+    base = numba.config.CACHE_DIR or str(Path(__file__).parent / "__pycache__")
+    return os.path.join(base, f"npunet-{BUILD_TAG}")
+
+
+_CACHE_DIR = _tagged_cache_dir()
+
+
+def _njit(fn, **options):
+    """numba.njit(**options)(fn), its cache under _CACHE_DIR. Numba picks a function's cache folder when it is
+    decorated, so CACHE_DIR is set for that moment only and other users of Numba in the process keep theirs."""
+    saved = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = _CACHE_DIR
+    try:
+        return numba.njit(**options)(fn)
+    finally:
+        numba.config.CACHE_DIR = saved
 
 
 def kernel(fn):
     """njit(parallel=True) with the project's settings."""
-    return numba.njit(parallel=True, **_OPTIONS)(fn)
+    return _njit(fn, parallel=True, **_OPTIONS)
 
 
 def helper(fn):
     """njit (serial) with the project's settings, for functions called inside a kernel."""
-    return numba.njit(**_OPTIONS)(fn)
+    return _njit(fn, **_OPTIONS)
+
+
+def contracting_kernel(fn):
+    """kernel, with a*b + c fused into FMAs (for the convolutions' multiply-add loops only)."""
+    return _njit(fn, parallel=True, **_CONTRACT)
+
+
+def contracting_helper(fn):
+    """helper, with a*b + c fused into FMAs."""
+    return _njit(fn, **_CONTRACT)
 
 
 # ---- shared Python-side checks (run before entering a kernel) ----

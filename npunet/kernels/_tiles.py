@@ -2,7 +2,7 @@
 a zero-padded scratch and back (the 3x3 direct kernels), and the 1x1-conv tile that is also the Winograd
 transform-domain product."""
 
-from npunet.kernels._numba import helper
+from npunet.kernels._numba import contracting_helper, helper
 
 
 @helper
@@ -35,7 +35,7 @@ def store_band(acc, out, n, c, y0, rows):
             dst[j] = acc[r * Wp + j]
 
 
-@helper
+@contracting_helper
 def pointwise_tile(x, n, p0, L, w, r0, nr, acc):
     """acc[r, :L] += sum_ci w[r0+r, ci] * x[n, ci, p0:p0+L] for r < nr. x: (N, Ci, P), w: (R, Ci).
     Input channels go eight at a time, in order; four output rows per pass share the eight loads."""

@@ -22,7 +22,7 @@ How the fast paths work (one scheme, so later tuning touches numbers, not struct
 import numpy as np
 from numba import prange
 
-from npunet.kernels._numba import as_f32, finish, kernel, output
+from npunet.kernels._numba import as_f32, contracting_kernel, finish, kernel, output
 from npunet.kernels._tiles import load_band, pointwise_tile, store_band
 from npunet.kernels.winograd import conv3x3_winograd
 
@@ -98,7 +98,7 @@ def _bands(H, W, tile=None):
     return -(-H // n_bands)
 
 
-@kernel
+@contracting_kernel
 def _depthwise_kernel(x, w, out, band_rows):
     N, C, H, W = x.shape
     Wp = W + 2
@@ -124,7 +124,7 @@ def _depthwise_kernel(x, w, out, band_rows):
         store_band(acc, out, n, c, y0, rows)
 
 
-@kernel
+@contracting_kernel
 def _conv3x3_kernel(x, w9, out, band_rows, co_block):
     # x: (N, Ci, H, W); w9: (Co, Ci, 9), tap t = 3*ky + kx; out: (N, Co, H, W)
     N, Ci, H, W = x.shape
