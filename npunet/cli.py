@@ -1,4 +1,4 @@
-"""The `npunet` command: segment, evaluate, summary, explain. Each subcommand lives in its own module, which gives
+"""The `npunet` command: segment, evaluate, summary, explain, tune. Each subcommand lives in its own module, which gives
 `add_arguments(parser)` and `run(args) -> exit code`; this file only dispatches and turns user errors into
 one-line messages with a non-zero exit code.
 
@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": ("npunet.evaluate", "score label maps against ground truth with the FLARE DSC / NSD protocol"),
     "summary": ("npunet.summary", "per-layer shapes, parameters and multiply-adds of a network"),
     "explain": ("npunet.explain_cli", "follow one CT slice through the network, as an HTML page with pictures"),
+    "tune": ("npunet.tune_cli", "measure this machine's convolution work sizes again and store them"),
 }
 
 

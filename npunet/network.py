@@ -15,9 +15,11 @@ the skip (kernels.upsample_concat). Two intermediate tensors that only feed a Wi
 at all by `net(x)`: a concat (the conv reads the skip and upsamples the low-resolution rows as it goes,
 conv3x3_winograd's `low`) and a GroupNorm+ReLU output (the conv normalises its input rows as it reads
 them, `norm_relu`); both bit-identical, and `trace` builds them, to show them. Only the returned logits
-are a fresh array. Buffers are per thread,
-so one Network may serve several threads; they grow to the largest batch seen (a smaller batch uses a
-leading slice). For the default model at 192x192 they hold about 37 MB per slice of batch.
+are a fresh array. Buffers are shared by layers whose
+outputs are never alive at the same time (Network._buffer: a layer's output goes to an arena array that
+neither its inputs nor a saved skip occupy), per thread, so one Network may serve several threads; they grow
+to the largest batch seen (a smaller batch uses a leading part). For the default model at 192x192 they hold
+about 9 MB per slice of batch (one buffer per layer would be 37 MB).
 
     net = npunet.load()                    # the shipped weights, or npunet.load("my.npuw")
     logits = net(x)                        # x (N, 3, H, W) float32 -> (N, 14, H, W) float32
@@ -35,6 +37,7 @@ from typing import Iterator
 import numpy as np
 
 from npunet import kernels as K
+from npunet import tuning
 from npunet.spec import Layer, expected_tensors, layer_plan
 
 
@@ -81,6 +84,7 @@ class Network:
         self.align_corners = bool(spec["upsample"].get("align_corners", False))
         self.downsampling = 2 ** (len(spec["encoder"]) - 1)
         self._local = threading.local()        # per-thread layer buffers, see _buffer
+        tuning.tiles()                         # this machine's work sizes: stored, or measured once (~1 s)
         self.winograd = {layer.name: K.winograd_weights(self.tensors[f"{layer.name}.weight"])   # transformed once
                          for layer in self.plan if layer.op == "conv3x3"}
 
@@ -125,15 +129,27 @@ class Network:
             before = step.output
             yield step
 
-    def _buffer(self, i: int, shape: tuple) -> np.ndarray:
-        """Layer i's reusable output buffer for `shape` (N, C, H, W): a leading slice of one kept array."""
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None:
-            buffers = self._local.buffers = {}
-        buf = buffers.get(i)
-        if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
-            buf = buffers[i] = np.empty(shape, np.float32)
-        return buf[:shape[0]]
+    def _buffer(self, shape: tuple, busy: tuple) -> np.ndarray:
+        """A reusable output buffer of `shape` (N, C, H, W) that overlaps none of the `busy` arrays (the layer's
+        inputs and the saved skips): a leading part of one of the thread's arena arrays, the smallest free one
+        that fits (a free one too small is replaced by a larger one). Buffers are shared by layers whose
+        outputs are never alive at once, so the arena holds a few tensors, not one per layer; the same
+        sequence of calls picks the same arrays every time, so after the first call nothing is allocated."""
+        arena = getattr(self._local, "arena", None)
+        if arena is None:
+            arena = self._local.arena = []
+        need = int(np.prod(shape))
+        free = [k for k, a in enumerate(arena) if not any(np.may_share_memory(a, b) for b in busy)]
+        fits = [k for k in free if arena[k].size >= need]
+        if fits:
+            k = min(fits, key=lambda k: arena[k].size)
+        elif free:
+            k = max(free, key=lambda k: arena[k].size)
+            arena[k] = np.empty(need, np.float32)
+        else:
+            k = len(arena)
+            arena.append(np.empty(need, np.float32))
+        return arena[k][:need].reshape(shape)
 
     def _winograd_next(self, i: int) -> bool:
         """Whether layer i + 1 is a dense 3x3 conv that runs by Winograd (and so can take over layer i)."""
@@ -155,20 +171,21 @@ class Network:
         op = layer.op
         N, C, H, W = x.shape
         co = layer.out_channels
+        busy = (x, *skips.values())                        # what this layer reads: its output must not overlap
         if op == "conv3x3" and "lazy_norm" in skips:      # the conv reads relu(group_norm(x)) itself
-            return K.conv3x3_winograd(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)),
+            return K.conv3x3_winograd(x, t[f"{n}.weight"], out=self._buffer((N, co, H, W), busy),
                                       u=self.winograd[n], norm_relu=skips.pop("lazy_norm"))
         if op == "conv3x3" and "lazy_concat" in skips:    # the conv reads [skip, upsample(x)] itself
             skip = skips.pop("lazy_concat")
-            return K.conv3x3_winograd(skip, t[f"{n}.weight"], out=self._buffer(i, (N, co) + skip.shape[2:]),
+            return K.conv3x3_winograd(skip, t[f"{n}.weight"], out=self._buffer((N, co) + skip.shape[2:], busy),
                                       u=self.winograd[n], low=x, align_corners=self.align_corners)
         if op == "conv3x3":
-            return K.conv3x3(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)),
+            return K.conv3x3(x, t[f"{n}.weight"], out=self._buffer((N, co, H, W), busy),
                              winograd_weights=self.winograd[n])
         if op == "depthwise":
-            return K.depthwise_conv3x3(x, t[f"{n}.weight"], out=self._buffer(i, x.shape))
+            return K.depthwise_conv3x3(x, t[f"{n}.weight"], out=self._buffer(x.shape, busy))
         if op == "pointwise":
-            return K.pointwise_conv(x, t[f"{n}.weight"], out=self._buffer(i, (N, co, H, W)))
+            return K.pointwise_conv(x, t[f"{n}.weight"], out=self._buffer((N, co, H, W), busy))
         if op == "norm_relu":
             if fuse and self._winograd_next(i):
                 skips["lazy_norm"] = K.group_norm_coefficients(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups,
@@ -178,7 +195,7 @@ class Network:
         if op == "eca":
             return K.eca(x, t[f"{n}.conv.weight"], out=x, gate=gate)
         if op == "maxpool":
-            return K.max_pool2x2(x, out=self._buffer(i, (N, C, H // 2, W // 2)))
+            return K.max_pool2x2(x, out=self._buffer((N, C, H // 2, W // 2), busy))
         if op == "save_skip":
             skips[dict([layer.extra])["skip"]] = x
             return x
@@ -188,19 +205,19 @@ class Network:
                 skips["lazy_concat"] = skip                 # left to that conv, see conv3x3_winograd's low
                 return x
             cat = K.upsample_concat(skip, x, self.align_corners,
-                                    out=self._buffer(i, (N, skip.shape[1] + C, 2 * H, 2 * W)))
+                                    out=self._buffer((N, skip.shape[1] + C, 2 * H, 2 * W), busy))
             skips["concat"] = cat
             return cat[:, skip.shape[1]:]
         if op == "transpose":
             return K.conv_transpose2x2(x, t[f"{n}.weight"], t[f"{n}.bias"],
-                                       out=self._buffer(i, (N, C, 2 * H, 2 * W)))
+                                       out=self._buffer((N, C, 2 * H, 2 * W), busy))
         if op == "concat":
             if "concat" in skips:     # already written by upsample_concat
                 return skips.pop("concat")
             if "lazy_concat" in skips:
                 return x
             skip = skips.pop(dict([layer.extra])["skip"])
-            return K.concat_channels(skip, x, out=self._buffer(i, (N, skip.shape[1] + C, H, W)))
+            return K.concat_channels(skip, x, out=self._buffer((N, skip.shape[1] + C, H, W), busy))
         if op == "head":
             return K.pointwise_conv(x, t[f"{n}.weight"], t[f"{n}.bias"])
         raise ValueError(f"unknown layer op {op!r} in {n}")

@@ -2,6 +2,11 @@
 
     python tools/bench.py                       # default model, batch 1 and 8, 5 rounds
     python tools/bench.py --batch 8 --rounds 7 --threads 2 --json out.json
+    python tools/bench.py --threads 1 2 4 8 16  # thread scaling: the whole table per thread count
+
+Every run starts with a header saying where it ran (CPU model and family, Numba's CPU name and vector ISA,
+the compile features, numba/llvmlite versions, threading layer, threads, npunet's kernel build tag and tuned
+tiles); --json FILE writes that header and every figure, so runs on different machines can be compared.
 
 Every engine gets the same weights (seeded random, or --weights FILE) and the same input. The engines are
 interleaved within each round (npunet, torch NCHW, torch channels_last, ONNX Runtime, OpenVINO fp32, in
@@ -38,6 +43,61 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def cpu_model() -> str:
+    """'AMD EPYC (family 26, model 2)' from /proc/cpuinfo (platform.processor() elsewhere)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():
+                break
+    except OSError:
+        import platform
+        return platform.processor() or platform.machine()
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
+def vector_isa(features: str) -> str:
+    """The widest vector ISA in an LLVM feature string, and whether LLVM is told to prefer 256-bit vectors."""
+    on = {f[1:] for f in features.split(",") if f.startswith("+")}
+    isa = next((name for flag, name in [("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                         ("sse4.2", "SSE4.2")] if flag in on), "baseline")
+    return isa + (" (prefer-256-bit)" if "prefer-256-bit" in on else "")
+
+
+def machine_header(threads) -> dict:
+    """Where the benchmark ran: what a figure from another machine must be compared with."""
+    import llvmlite
+    import numba
+    import npunet
+    from npunet.kernels import _numba, tuning
+    from npunet.kernels.conv import pointwise_conv
+    pointwise_conv(np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.float32))  # starts the pool
+    features = _numba.cpu_features()
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "numba_cpu_name": _numba.cpu_name(),
+            "vector_isa": vector_isa(features), "cpu_features": features,
+            "numba": numba.__version__, "llvmlite": llvmlite.__version__, "npunet": npunet.__version__,
+            "kernel_build_tag": _numba.BUILD_TAG, "threading_layer": numba.threading_layer(),
+            "threads": threads, "tiles": tuning.describe(),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def print_header(header: dict) -> None:
+    for key, value in header.items():
+        if key != "cpu_features":
+            print(f"# {key}: {value}")
 
 
 def make_engines(weights_path: Path, threads: int, batch: int, notes: list) -> dict:
@@ -284,38 +344,44 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are taken over them")
     p.add_argument("--repeat", type=int, default=1, help="calls per engine per round")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every engine")
-    p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count()],
+                   help="threads for every engine; several counts run the forward table once per count")
+    p.add_argument("--json", help="also write the machine header and every figure as JSON here")
     p.add_argument("--case", type=int, nargs="+", metavar="N",
                    help="time whole `npunet segment` runs of 512x512xN CTs instead of the forward")
     p.add_argument("--no-torch", action="store_true", help="with --case: skip the torch-forward pipeline")
     p.add_argument("--startup", action="store_true", help="time first call (compile) vs warm start instead")
     args = p.parse_args(argv)
+    import numba
+    header = machine_header(args.threads)
+    print_header(header)
+    results = {"machine": header, "command": sys.argv[1:] if argv is None else list(argv)}
     if args.case or args.startup:
-        results = {}
         if args.case:
-            print(f"threads {args.threads}; whole case file to file, fresh process each (second run: warm cache)")
-            results["case"] = bench_case(args.case, args.threads, not args.no_torch)
-            print_case(results["case"])
+            for threads in args.threads:
+                print(f"threads {threads}; whole case file to file, fresh process each (second run: warm cache)")
+                results.setdefault("case", []).extend(
+                    {"threads": threads, **r} for r in bench_case(args.case, threads, not args.no_torch))
+                print_case([r for r in results["case"] if r["threads"] == threads])
         if args.startup:
             results["startup"] = bench_startup()
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
-        return 0
-    import numba
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    weights = Path(args.weights) if args.weights else random_weights()
-    results = []
-    print(f"threads {args.threads}, rounds {args.rounds}, input 3x192x192, weights {weights.name}")
-    print(f"{'engine':<22} {'batch':>5} {'median ms':>10} {'ms/slice':>9} {'x npunet':>9} {'first call s':>13} {'max|diff|':>10}")
-    for batch in args.batch:
-        res = bench_forward(weights, batch, args.rounds, args.threads, args.repeat)
-        for r in res["rows"]:
-            print(f"{r['engine']:<22} {r['batch']:>5} {1000 * r['median_s']:>10.1f} {r['ms_per_slice']:>9.1f} "
-                  f"{r['ratio_to_npunet']:>9.2f} {r['first_call_s']:>13.2f} {r['max_abs_diff_vs_npunet']:>10.1e}")
-        for note in res["notes"]:
-            print(f"  note: {note}")
-        results.append(res)
+    else:
+        weights = Path(args.weights) if args.weights else random_weights()
+        results["forward"] = []
+        for threads in args.threads:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            print(f"threads {threads}, rounds {args.rounds}, input 3x192x192, weights {weights.name}")
+            print(f"{'engine':<22} {'batch':>5} {'median ms':>10} {'ms/slice':>9} {'x npunet':>9} "
+                  f"{'first call s':>13} {'max|diff|':>10}")
+            for batch in args.batch:
+                res = bench_forward(weights, batch, args.rounds, threads, args.repeat)
+                for r in res["rows"]:
+                    print(f"{r['engine']:<22} {r['batch']:>5} {1000 * r['median_s']:>10.1f} "
+                          f"{r['ms_per_slice']:>9.1f} {r['ratio_to_npunet']:>9.2f} {r['first_call_s']:>13.2f} "
+                          f"{r['max_abs_diff_vs_npunet']:>10.1e}")
+                for note in res["notes"]:
+                    print(f"  note: {note}")
+                results["forward"].append({"threads": threads, **res})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
