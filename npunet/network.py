@@ -29,6 +29,7 @@ about 9 MB per slice of batch (one buffer per layer would be 37 MB).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -138,8 +139,9 @@ class Network:
         arena = getattr(self._local, "arena", None)
         if arena is None:
             arena = self._local.arena = []
-        need = int(np.prod(shape))
-        free = [k for k, a in enumerate(arena) if not any(np.may_share_memory(a, b) for b in busy)]
+        need = math.prod(shape)
+        taken = {id(b if b.base is None else b.base) for b in busy}     # a buffer view's base is its arena array
+        free = [k for k, a in enumerate(arena) if id(a) not in taken]
         fits = [k for k in free if arena[k].size >= need]
         if fits:
             k = min(fits, key=lambda k: arena[k].size)

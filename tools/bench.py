@@ -73,7 +73,8 @@ def machine_header(threads) -> dict:
     import llvmlite
     import numba
     import npunet
-    from npunet.kernels import _numba, tuning
+    from npunet import tuning
+    from npunet.kernels import _numba
     from npunet.kernels.conv import pointwise_conv
     pointwise_conv(np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.float32))  # starts the pool
     features = _numba.cpu_features()

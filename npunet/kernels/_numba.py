@@ -17,7 +17,8 @@ same source as plain Python, for debugging.
 
 Vector width: LLVM's tuning for Intel server CPUs (skylake-avx512 .. graniterapids) carries the subtarget
 feature `prefer-256-bit`, so on those CPUs Numba emitted 256-bit (ymm) loops although the CPU has 512-bit
-registers, while on AMD Zen 4/5 it emitted zmm: the same kernels ran about half as fast on an Intel Xeon.
+registers, while on AMD Zen 4/5 it emitted zmm (issue 12: on an Intel Xeon the dense 3x3 convs took about
+twice their Zen 4 time).
 _full_width_vectors() switches that preference off when the CPU has AVX-512 (it must run before the first
 kernel below is compiled), and the compiled kernels are cached per build tag (see _tagged_cache_dir), so code
 compiled with other settings is never loaded. tests/test_vector_width.py compiles the hot kernels for
@@ -54,6 +55,15 @@ def _cache_dir_for_read_only_install():
             os.environ["NUMBA_CACHE_DIR"] = folder      # for child processes
             numba.config.CACHE_DIR = folder             # read by Numba's cache locator at decoration time
             return
+
+
+_cache_dir_for_read_only_install()
+
+# OpenMP threads (Numba's "omp" threading layer) that spin while they wait for the next parallel region take
+# a core from whatever else runs: on a busy 2-core machine a forward took 20x longer with 2 threads than
+# with 1. Passive waiting puts them to sleep instead. Set only when the user has not chosen; read when the
+# OpenMP runtime loads, at the first parallel kernel call.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def cpu_features():

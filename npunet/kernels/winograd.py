@@ -21,9 +21,11 @@ into V (16, Ci, T), runs the 16 products into M (16, Co, T), and writes the 2x2 
 and writes only its own band, sums channels in order: results do not depend on the thread count.
 
 The decoder's first conv reads torch.cat([skip, upsample2x(low)], 1). Given `low`, the fast path reads its
-input rows from skip and from low, upsampling each needed row on the fly (resample.interp_row, the same
+input rows from skip and from low, upsampling each needed row on the fly (as resample.interp_row, the same
 float32 operations as upsample_concat), so the concatenation is never written to memory and read back.
 """
+
+import functools
 
 import numba
 import numpy as np
@@ -31,8 +33,7 @@ from numba import prange
 
 from npunet.kernels._numba import as_f32, finish, helper, kernel, output
 from npunet.kernels._tiles import pointwise_tile
-from npunet.kernels.norm import normalize_row
-from npunet.kernels.resample import bilinear_source_index, interp_row
+from npunet.kernels.resample import bilinear_source_index
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)   # input transform
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)            # kernel transform
@@ -75,56 +76,63 @@ def conv3x3_winograd_reference(x, w, out=None):
 # ---------------------------------------------------------------------------------------------------------
 
 @helper
-def _input_row(x, norm, up, n, c, iy, xs, rows, keys):
-    """Row iy of input channel c into xs[1:W+1] (zeros outside the image; the caller keeps xs's padding
-    columns at zero). The input is x (N, Cx, H, W) - GroupNorm-ed and ReLU-ed as it is read when norm
-    (N, Cx, 4) holds group_norm_coefficients, not when norm has 0 channels - followed by the 2x bilinear
-    upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1): channel Cx + c' is
-    row iy of upsample(low)[n, c'], the same float32 operations as resample._bilinear_kernel.
-    rows: (2, W) source rows of low interpolated along W, source row s kept in slot s % 2 and
-    keys[s % 2] = s (the caller sets keys to -1 for each new channel), so that consecutive output rows,
-    which share source rows, interpolate each only once."""
+def _input_rows(x, norm, up, n, c, iy0, xb, rows):
+    """Rows iy0 .. iy0 + R - 1 of input channel c into xb[:R, 1:W+1] (R = xb.shape[0]; zeros outside the image;
+    the caller keeps xb's padding columns at zero). The input is x (N, Cx, H, W) - GroupNorm-ed and ReLU-ed as
+    it is read when norm (N, Cx, 4) holds group_norm_coefficients, not when norm has 0 channels - followed by
+    the 2x bilinear upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1):
+    channel Cx + c' is upsample(low)[n, c'], the same float32 operations as norm.normalize_row and
+    resample.interp_row / _bilinear_kernel. rows: (2, W) source rows of low interpolated along W, source row s
+    in slot s % 2, so that consecutive output rows, which share source rows, interpolate each only once.
+    One call per channel and band, indexing without array views in the row loops: per row, a helper call
+    or a view costs reference counting that took longer than the copy itself (issue 12)."""
     Cx, H, W = x.shape[1], x.shape[2], x.shape[3]
-    dst = xs[1:W + 1]
-    if iy < 0 or iy >= H:
-        for j in range(W):
-            dst[j] = 0.0
-    elif c < Cx and norm.shape[1]:
-        k = norm[n, c]
-        normalize_row(x[n, c, iy], dst, k[0], k[1], k[2], k[3], True)
-    elif c < Cx:
-        src = x[n, c, iy]
-        for j in range(W):
-            dst[j] = src[j]
-    else:
-        low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1 = up
-        for s in (iy0[iy], iy1[iy]):
-            if keys[s % 2] != s:
-                interp_row(low[n, c - Cx, s], ix0, ix1, lx0, lx1, rows[s % 2])
-                keys[s % 2] = s
-        a, b = rows[iy0[iy] % 2], rows[iy1[iy] % 2]
-        h0, h1 = ly0[iy], ly1[iy]
-        for j in range(W):
-            dst[j] = a[j] * h0 + b[j] * h1
+    low, sy0, sy1, ly0, ly1, ix0, ix1, lx0, lx1 = up
+    key_even = key_odd = -1                                    # the source rows that `rows` holds
+    for r in range(xb.shape[0]):
+        iy = iy0 + r
+        if iy < 0 or iy >= H:
+            for j in range(W):
+                xb[r, 1 + j] = 0.0
+        elif c >= Cx:
+            cl = c - Cx
+            for s in (sy0[iy], sy1[iy]):
+                if s != (key_even if s % 2 == 0 else key_odd):
+                    for j in range(W):
+                        rows[s % 2, j] = low[n, cl, s, ix0[j]] * lx0[j] + low[n, cl, s, ix1[j]] * lx1[j]
+                    if s % 2 == 0:
+                        key_even = s
+                    else:
+                        key_odd = s
+            a, b = sy0[iy] % 2, sy1[iy] % 2
+            h0, h1 = ly0[iy], ly1[iy]
+            for j in range(W):
+                xb[r, 1 + j] = rows[a, j] * h0 + rows[b, j] * h1
+        elif norm.shape[1]:
+            mean_hi, mean_lo, scale, shift = norm[n, c, 0], norm[n, c, 1], norm[n, c, 2], norm[n, c, 3]
+            for j in range(W):
+                v = ((x[n, c, iy, j] - mean_hi) - mean_lo) * scale + shift
+                xb[r, 1 + j] = np.float32(0.0) if v < 0.0 else v
+        else:
+            for j in range(W):
+                xb[r, 1 + j] = x[n, c, iy, j]
 
 
 @helper
-def _input_tiles(x, norm, up, n, c, iy0, tile_rows, TW, v, k, xs, rows, keys, h):
+def _input_tiles(x, norm, up, n, c, iy0, tile_rows, TW, v, k, xb, rows, h):
     """v[4i+j, k, ty*TW + tx] = (B^T d B)[i, j] for every tile of a band of input channel c: the tiles d are
-    4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of the input (_input_row).
-    xs: (2*TW + 2,) one padded row, its padding columns zero; h: (2, 4, (tile_rows+1)*TW), d B of the even
-    and of the odd rows."""
-    keys[0] = keys[1] = -1
+    4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of the input (_input_rows).
+    xb: (2*tile_rows + 2, 2*TW + 2) padded rows, their padding columns zero; h: (2, 4, (tile_rows+1)*TW), d B
+    of the even and of the odd rows."""
+    _input_rows(x, norm, up, n, c, iy0, xb[:2 * tile_rows + 2], rows)
     for r in range(2 * tile_rows + 2):       # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-        _input_row(x, norm, up, n, c, iy0 + r, xs, rows, keys)
-        h0, h1, h2, h3 = h[r % 2, 0, (r // 2) * TW:], h[r % 2, 1, (r // 2) * TW:], \
-            h[r % 2, 2, (r // 2) * TW:], h[r % 2, 3, (r // 2) * TW:]
+        e, base = r % 2, (r // 2) * TW
         for tx in range(TW):
-            d0, d1, d2, d3 = xs[2 * tx], xs[2 * tx + 1], xs[2 * tx + 2], xs[2 * tx + 3]
-            h0[tx] = d0 - d2
-            h1[tx] = d1 + d2
-            h2[tx] = d2 - d1
-            h3[tx] = d1 - d3
+            d0, d1, d2, d3 = xb[r, 2 * tx], xb[r, 2 * tx + 1], xb[r, 2 * tx + 2], xb[r, 2 * tx + 3]
+            h[e, 0, base + tx] = d0 - d2
+            h[e, 1, base + tx] = d1 + d2
+            h[e, 2, base + tx] = d2 - d1
+            h[e, 3, base + tx] = d1 - d3
     T = tile_rows * TW                       # B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3), where
     for j in range(4):                       # tile t's rows are even[t], odd[t], even[t + TW], odd[t + TW]
         r0, r1, r2, r3 = h[0, j], h[1, j], h[0, j, TW:], h[1, j, TW:]
@@ -137,30 +145,33 @@ def _input_tiles(x, norm, up, n, c, iy0, tile_rows, TW, v, k, xs, rows, keys, h)
 
 
 @helper
-def _output_tiles(m, co, tile_rows, TW, out, n, y0, pq):
-    """out[n, co, y0 + 2ty + a, 2tx + b] = (A^T M A)[a, b], M = m[:, co, ty*TW + tx] as 4x4; rows and
-    columns past the image edge are dropped. m: (16, Co, T); pq: (8, T) scratch."""
-    H, W = out.shape[2], out.shape[3]
+def _output_tiles(m, tile_rows, TW, out, n, y0, pq, eo):
+    """out[n, co, y0 + 2ty + a, 2tx + b] = (A^T M A)[a, b], M = m[:, co, ty*TW + tx] as 4x4, for every output
+    channel co; rows and columns past the image edge are dropped. m: (16, Co, T); pq: (8, T), eo: (2, TW)
+    scratch. Every loop runs over contiguous memory but the last, which only interleaves the even and odd
+    columns of a row (arithmetic and interleaving in one loop ran 2x slower); indexed, not sliced, in its
+    loops (a view per row cost more than the row's arithmetic, issue 12)."""
+    Co, H, W = out.shape[1], out.shape[2], out.shape[3]
     T = tile_rows * TW
-    for j in range(4):                       # A^T M: rows (m0 + m1 + m2, m1 - m2 - m3), column j
-        p, q = pq[j], pq[4 + j]
-        m0, m1, m2, m3 = m[j, co], m[4 + j, co], m[8 + j, co], m[12 + j, co]
-        for t in range(T):
-            p[t] = m0[t] + m1[t] + m2[t]
-            q[t] = m1[t] - m2[t] - m3[t]
-    for ty in range(tile_rows):              # (A^T M) A: columns, interleaved into output rows y0 + 2ty + a
-        for a in range(2):
-            oy = y0 + 2 * ty + a
-            if oy >= H:
-                break
-            s0, s1, s2, s3 = pq[4 * a, ty * TW:], pq[4 * a + 1, ty * TW:], pq[4 * a + 2, ty * TW:], \
-                pq[4 * a + 3, ty * TW:]
-            row = out[n, co, oy]
-            for tx in range(W // 2):
-                row[2 * tx] = s0[tx] + s1[tx] + s2[tx]
-                row[2 * tx + 1] = s1[tx] - s2[tx] - s3[tx]
-            if W % 2:
-                row[W - 1] = s0[TW - 1] + s1[TW - 1] + s2[TW - 1]
+    for co in range(Co):
+        for j in range(4):                   # A^T M: rows (m0 + m1 + m2, m1 - m2 - m3), column j
+            for t in range(T):
+                pq[j, t] = m[j, co, t] + m[4 + j, co, t] + m[8 + j, co, t]
+                pq[4 + j, t] = m[4 + j, co, t] - m[8 + j, co, t] - m[12 + j, co, t]
+        for ty in range(tile_rows):          # (A^T M) A: columns (s0 + s1 + s2, s1 - s2 - s3), into eo, then
+            for a in range(2):               # interleaved into output row y0 + 2ty + a
+                oy = y0 + 2 * ty + a
+                if oy >= H:
+                    break
+                e, b = 4 * a, ty * TW
+                for tx in range(TW):
+                    eo[0, tx] = pq[e, b + tx] + pq[e + 1, b + tx] + pq[e + 2, b + tx]
+                    eo[1, tx] = pq[e + 1, b + tx] - pq[e + 2, b + tx] - pq[e + 3, b + tx]
+                for tx in range(W // 2):
+                    out[n, co, oy, 2 * tx] = eo[0, tx]
+                    out[n, co, oy, 2 * tx + 1] = eo[1, tx]
+                if W % 2:
+                    out[n, co, oy, W - 1] = eo[0, TW - 1]
 
 
 @kernel
@@ -177,8 +188,8 @@ def _winograd_kernel(x, norm, up, u, out, band_tiles):
         ty0 = (task % n_bands) * band_tiles
         tile_rows = min(band_tiles, TH - ty0)
         T = band_tiles * TW
-        xs = np.zeros(2 * TW + 2, np.float32)                               # padding columns stay zero
-        rows, keys = np.empty((2, W), np.float32), np.empty(2, np.int64)
+        xb = np.zeros((2 * band_tiles + 2, 2 * TW + 2), np.float32)         # padding columns stay zero
+        rows = np.empty((2, W), np.float32)
         h = np.empty((2, 4, T + TW), np.float32)
         pq = np.empty((8, T), np.float32)
         v_all = np.empty(16 * CI_GROUP * T, np.float32)
@@ -187,11 +198,17 @@ def _winograd_kernel(x, norm, up, u, out, band_tiles):
             group = min(CI_GROUP, Ci - c0)
             v = v_all[:16 * group * T].reshape((16, group, T))               # C-contiguous
             for k in range(group):
-                _input_tiles(x, norm, up, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xs, rows, keys, h)
+                _input_tiles(x, norm, up, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xb, rows, h)
             for e in range(16):
                 pointwise_tile(v, e, 0, tile_rows * TW, u[e, :, c0:], 0, Co, m[e])
-        for co in range(Co):
-            _output_tiles(m, co, tile_rows, TW, out, n, 2 * ty0, pq)
+        _output_tiles(m, tile_rows, TW, out, n, 2 * ty0, pq, np.empty((2, TW), np.float32))
+
+
+@functools.lru_cache(maxsize=64)
+def _source_index(n_in, n_out, align_corners):
+    """bilinear_source_index for a 2x upsampling, kept: the same few sizes come back at every call (the kernel
+    only reads these arrays)."""
+    return bilinear_source_index(n_in, n_out, align_corners, 2.0)
 
 
 def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False, norm_relu=None):
@@ -223,8 +240,8 @@ def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False, norm
         raise ValueError(f"conv3x3: Winograd weights must be (16, {Co}, {Ci}) for w {w.shape}, got {u.shape}")
     out = output(out, (N, Co, H, W), inputs=(x, low))
     if out.size:
-        iy0, iy1, ly0, ly1 = bilinear_source_index(max(1, low.shape[2]), H, align_corners, 2.0)
-        ix0, ix1, lx0, lx1 = bilinear_source_index(max(1, low.shape[3]), W, align_corners, 2.0)
+        iy0, iy1, ly0, ly1 = _source_index(max(1, low.shape[2]), H, align_corners)
+        ix0, ix1, lx0, lx1 = _source_index(max(1, low.shape[3]), W, align_corners)
         TH, TW = (H + 1) // 2, (W + 1) // 2
         band_tiles = max(1, min(TH, SCRATCH_FLOATS // (16 * (CI_GROUP + Co) * TW)))
         bands_per_sample = -(-2 * numba.get_num_threads() // N)          # enough tasks for every thread
