@@ -119,20 +119,22 @@ def _input_rows(x, norm, up, n, c, iy0, xb, rows):
 
 
 @helper
-def _input_tiles(x, norm, up, n, c, iy0, tile_rows, TW, v, k, xb, rows, h):
+def _input_tiles(x, norm, up, n, c, iy0, tile_rows, TW, v, k, xb, rows, h, eo):
     """v[4i+j, k, ty*TW + tx] = (B^T d B)[i, j] for every tile of a band of input channel c: the tiles d are
     4x4 windows, stride 2, of the zero-padded rows iy0 .. iy0 + 2*tile_rows + 1 of the input (_input_rows).
     xb: (2*tile_rows + 2, 2*TW + 2) padded rows, their padding columns zero; h: (2, 4, (tile_rows+1)*TW), d B
-    of the even and of the odd rows."""
+    of the even and of the odd rows; eo: (2, TW + 1) scratch."""
     _input_rows(x, norm, up, n, c, iy0, xb[:2 * tile_rows + 2], rows)
     for r in range(2 * tile_rows + 2):       # d B, row by row: columns (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+        for tx in range(TW + 1):             # the row's even and odd columns apart first, so that the
+            eo[0, tx] = xb[r, 2 * tx]        # arithmetic below runs on contiguous memory
+            eo[1, tx] = xb[r, 2 * tx + 1]
         e, base = r % 2, (r // 2) * TW
-        for tx in range(TW):
-            d0, d1, d2, d3 = xb[r, 2 * tx], xb[r, 2 * tx + 1], xb[r, 2 * tx + 2], xb[r, 2 * tx + 3]
-            h[e, 0, base + tx] = d0 - d2
-            h[e, 1, base + tx] = d1 + d2
-            h[e, 2, base + tx] = d2 - d1
-            h[e, 3, base + tx] = d1 - d3
+        for tx in range(TW):                 # d0, d1, d2, d3 = eo[0, tx], eo[1, tx], eo[0, tx + 1], eo[1, tx + 1]
+            h[e, 0, base + tx] = eo[0, tx] - eo[0, tx + 1]
+            h[e, 1, base + tx] = eo[1, tx] + eo[0, tx + 1]
+            h[e, 2, base + tx] = eo[0, tx + 1] - eo[1, tx]
+            h[e, 3, base + tx] = eo[1, tx] - eo[1, tx + 1]
     T = tile_rows * TW                       # B^T (d B): rows (r0 - r2, r1 + r2, r2 - r1, r1 - r3), where
     for j in range(4):                       # tile t's rows are even[t], odd[t], even[t + TW], odd[t + TW]
         r0, r1, r2, r3 = h[0, j], h[1, j], h[0, j, TW:], h[1, j, TW:]
@@ -190,6 +192,7 @@ def _winograd_kernel(x, norm, up, u, out, band_tiles):
         T = band_tiles * TW
         xb = np.zeros((2 * band_tiles + 2, 2 * TW + 2), np.float32)         # padding columns stay zero
         rows = np.empty((2, W), np.float32)
+        eo = np.empty((2, TW + 1), np.float32)
         h = np.empty((2, 4, T + TW), np.float32)
         pq = np.empty((8, T), np.float32)
         v_all = np.empty(16 * CI_GROUP * T, np.float32)
@@ -198,10 +201,10 @@ def _winograd_kernel(x, norm, up, u, out, band_tiles):
             group = min(CI_GROUP, Ci - c0)
             v = v_all[:16 * group * T].reshape((16, group, T))               # C-contiguous
             for k in range(group):
-                _input_tiles(x, norm, up, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xb, rows, h)
+                _input_tiles(x, norm, up, n, c0 + k, 2 * ty0 - 1, tile_rows, TW, v, k, xb, rows, h, eo)
             for e in range(16):
                 pointwise_tile(v, e, 0, tile_rows * TW, u[e, :, c0:], 0, Co, m[e])
-        _output_tiles(m, tile_rows, TW, out, n, 2 * ty0, pq, np.empty((2, TW), np.float32))
+        _output_tiles(m, tile_rows, TW, out, n, 2 * ty0, pq, eo)
 
 
 @functools.lru_cache(maxsize=64)
