@@ -26,8 +26,9 @@ from npunet.kernels._numba import as_f32, contracting_kernel, finish, kernel, ou
 from npunet.kernels._tiles import load_band, pointwise_tile, store_band
 from npunet.kernels.winograd import conv3x3_winograd
 
-# Work per task (tuned on a 2-core Zen 4). Results do not depend on these: each output element sums the
-# input channels in order, the nine taps in order, whatever the blocking.
+# Work per task (first set on a 2-core Zen 4; npunet.tuning sets TILE per CPU from measurement). Results do not
+# depend on these: each output element sums the input channels in order, the nine taps in order, whatever the
+# blocking.
 CO_BLOCK = 16            # output channels per task (1x1 and transposed convs)
 TILE = 1024              # output pixels per channel per task (1x1 convs, depthwise band size)
 CONV3X3_CO_BLOCK = 16    # dense 3x3: output channels per task (a multiple of 4: the inner loop does 4 at once)

@@ -40,6 +40,7 @@ G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)   
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)                                # output transform
 
 SCRATCH_FLOATS = 1 << 20   # per task: V and M together hold about this many floats (4 MiB); sets the band
+                           # (npunet.tuning sets it per CPU from measurement)
 CI_GROUP = 8               # input channels transformed per step (pointwise_tile's step: eight at a time)
 
 
