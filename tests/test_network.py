@@ -90,6 +90,26 @@ def test_batch_independence(converted):
     assert np.array_equal(net(x)[1:2], net(x[1:2]))
 
 
+@pytest.mark.parametrize("name", SPECS)
+def test_layer_buffers_are_shared_and_kept(converted, name):
+    """Layers whose outputs are never alive together share buffers (a quarter of one buffer per layer, for the
+    default model), the second call allocates nothing, and sharing changes no result (the per-layer trace
+    runs every step apart, on copies)."""
+    from npunet.spec import activation_elements
+    net = converted[name][1]
+    x = np.random.default_rng(7).random((2, 3, 64, 64), dtype=np.float32)
+    first = net(x)
+    arena = [id(a) for a in net._local.arena]
+    floats = sum(a.size for a in net._local.arena)
+    again = net(x)
+    one_per_layer = 2 * activation_elements(net.spec, 64, 64)
+    print(f"\n  {name}: arena {floats / 2 * 4 / 1e6:.2f} MB per slice, one buffer per layer "
+          f"{one_per_layer / 2 * 4 / 1e6:.2f} MB")
+    assert [id(a) for a in net._local.arena] == arena
+    assert np.array_equal(first, again) and np.array_equal(first, net.trace(x)[-1][1])
+    assert floats <= 0.4 * one_per_layer
+
+
 def test_trace_lists_every_layer(converted):
     net = converted["dsconv_eca_unet"][1]
     x = np.random.default_rng(4).random((1, 3, 32, 32), dtype=np.float32)
