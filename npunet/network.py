@@ -14,7 +14,7 @@ GroupNorm+ReLU and ECA run in place; the bilinear upsample writes straight into 
 the skip (kernels.upsample_concat). Two intermediate tensors that only feed a Winograd conv are not written
 at all by `net(x)`: a concat (the conv reads the skip and upsamples the low-resolution rows as it goes,
 conv3x3_winograd's `low`) and a GroupNorm+ReLU output (the conv normalises its input rows as it reads
-them, `norm_relu`); both bit-identical, and `trace` builds them, to show them. Only the returned logits
+them, `norm_relu`; the head's 1x1 conv does the same for the last GroupNorm+ReLU); all bit-identical, and `trace` builds them, to show them. Only the returned logits
 are a fresh array. Buffers are shared by layers whose
 outputs are never alive at the same time (Network._buffer: a layer's output goes to an arena array that
 neither its inputs nor a saved skip occupy), per thread, so one Network may serve several threads; they grow
@@ -109,8 +109,8 @@ class Network:
         """The forward pass of x (N, in_channels, H, W), one LayerStep per layer of self.plan, in order.
 
         keep=False runs exactly what net(x) runs (same kernels, same buffers, same fusions), for timing it
-        layer by layer: an upsample+concat or a GroupNorm+ReLU that feeds a Winograd conv is left to that
-        conv (those steps take ~0 s and yield their input unchanged; their work is timed in the conv).
+        layer by layer: an upsample+concat or a GroupNorm+ReLU that feeds a Winograd conv (or, for the
+        GroupNorm+ReLU, the head) is left to that conv (those steps take ~0 s and yield their input unchanged; their work is timed in the conv).
         keep=True runs every step on its own, so every output is there to look at (bit-identical results:
         the last output equals net(x)), and fills the LayerStep's input, gate and group statistics."""
         x = self._check_input(x)
@@ -153,6 +153,11 @@ class Network:
             arena.append(np.empty(need, np.float32))
         return arena[k][:need].reshape(shape)
 
+    def _reads_normalised_next(self, i: int) -> bool:
+        """Whether layer i + 1 can normalise its input as it reads it (norm_relu): a Winograd conv or the head."""
+        after = self.plan[i + 1] if i + 1 < len(self.plan) else None
+        return self._winograd_next(i) or (after is not None and after.op == "head")
+
     def _winograd_next(self, i: int) -> bool:
         """Whether layer i + 1 is a dense 3x3 conv that runs by Winograd (and so can take over layer i)."""
         after = self.plan[i + 1] if i + 1 < len(self.plan) else None
@@ -189,7 +194,7 @@ class Network:
         if op == "pointwise":
             return K.pointwise_conv(x, t[f"{n}.weight"], out=self._buffer((N, co, H, W), busy))
         if op == "norm_relu":
-            if fuse and self._winograd_next(i):
+            if fuse and self._reads_normalised_next(i):
                 skips["lazy_norm"] = K.group_norm_coefficients(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups,
                                                                self.eps)
                 return x
@@ -220,8 +225,8 @@ class Network:
                 return x
             skip = skips.pop(dict([layer.extra])["skip"])
             return K.concat_channels(skip, x, out=self._buffer((N, skip.shape[1] + C, H, W), busy))
-        if op == "head":
-            return K.pointwise_conv(x, t[f"{n}.weight"], t[f"{n}.bias"])
+        if op == "head":                                  # with lazy_norm: reads relu(group_norm(x)) itself
+            return K.pointwise_conv(x, t[f"{n}.weight"], t[f"{n}.bias"], norm_relu=skips.pop("lazy_norm", None))
         raise ValueError(f"unknown layer op {op!r} in {n}")
 
 

@@ -650,3 +650,26 @@ def test_winograd_normalises_its_input_as_it_reads():
         assert np.array_equal(np.maximum(by_coef, 0), normed)
     with pytest.raises(ValueError, match=r"norm_relu must be \(1, 8, 4\)"):
         K.conv3x3_winograd(_rand(rng, 1, 8, 6, 6), _rand(rng, 4, 8, 3, 3), norm_relu=np.zeros((1, 7, 4), np.float32))
+
+
+def test_pointwise_normalises_its_input_as_it_reads():
+    """pointwise_conv(x, w, b, norm_relu=group_norm_coefficients(x, ...)) (the head after the last GroupNorm +
+    ReLU) is pointwise_conv(relu(group_norm(x)), w, b) to the last bit, over several tiles and channel blocks."""
+    from npunet.kernels import conv
+    rng = np.random.default_rng(83)
+    for n, c, h, w, co, groups in [(2, 16, 40, 36, 14, 8), (1, 8, 7, 9, 20, 4), (3, 32, 12, 12, 5, 8)]:
+        x = _rand(rng, n, c, h, w, scale=3.0) + 1.0
+        g, b, wt, bias = _rand(rng, c), _rand(rng, c), _rand(rng, co, c, 1, 1), _rand(rng, co)
+        coef = K.group_norm_coefficients(x, g, b, groups, 1e-5)
+        want = K.pointwise_conv(K.group_norm(x, g, b, groups, 1e-5, relu=True), wt, bias)
+        for tile in (conv.TILE, 100):
+            old = conv.TILE
+            conv.TILE = tile
+            try:
+                got = K.pointwise_conv(x, wt, bias, norm_relu=coef)
+            finally:
+                conv.TILE = old
+            print(f"  {x.shape} tile {tile}: max|diff| {float(np.abs(got - want).max()):.1e}")
+            assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match=r"norm_relu must be \(1, 8, 4\)"):
+        K.pointwise_conv(_rand(rng, 1, 8, 6, 6), _rand(rng, 4, 8, 1, 1), norm_relu=np.zeros((1, 7, 4), np.float32))

@@ -96,7 +96,7 @@ def test_layer_buffers_are_shared_and_kept(converted, name):
     default model), the second call allocates nothing, and sharing changes no result (the per-layer trace
     runs every step apart, on copies)."""
     from npunet.spec import activation_elements
-    net = converted[name][1]
+    net = Network(converted[name][1].spec, converted[name][1].tensors)     # its own, empty buffers
     x = np.random.default_rng(7).random((2, 3, 64, 64), dtype=np.float32)
     first = net(x)
     arena = [id(a) for a in net._local.arena]

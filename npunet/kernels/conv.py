@@ -24,6 +24,7 @@ from numba import prange
 
 from npunet.kernels._numba import as_f32, contracting_kernel, finish, kernel, output
 from npunet.kernels._tiles import load_band, pointwise_tile, store_band
+from npunet.kernels.norm import normalize_row
 from npunet.kernels.winograd import conv3x3_winograd
 
 # Work per task (first set on a 2-core Zen 4; npunet.tuning sets TILE per CPU from measurement). Results do not
@@ -178,7 +179,8 @@ def _conv3x3_kernel(x, w9, out, band_rows, co_block):
 
 
 @kernel
-def _pointwise_kernel(x, w, bias, has_bias, out, tile, co_block):
+def _pointwise_kernel(x, norm, w, bias, has_bias, out, tile, co_block):
+    # x: (N, Ci, P); norm: (N, Ci, 4) group_norm_coefficients, or (N, 0, 4) for none; w: (Co, Ci); out: (N, Co, P)
     N, Ci, P = x.shape
     Co = w.shape[0]
     n_tiles = (P + tile - 1) // tile
@@ -190,7 +192,14 @@ def _pointwise_kernel(x, w, bias, has_bias, out, tile, co_block):
         L = min(tile, P - p0)
         nco = min(co_block, Co - co0)
         acc = np.zeros((co_block, tile), np.float32)
-        pointwise_tile(x, n, p0, L, w, co0, nco, acc)
+        if norm.shape[1]:                    # the tile of relu(group_norm(x)), normalised as it is read
+            xn = np.empty((1, Ci, tile), np.float32)
+            for ci in range(Ci):
+                k = norm[n, ci]
+                normalize_row(x[n, ci, p0:p0 + L], xn[0, ci, :L], k[0], k[1], k[2], k[3], True)
+            pointwise_tile(xn, 0, 0, L, w, co0, nco, acc)
+        else:
+            pointwise_tile(x, n, p0, L, w, co0, nco, acc)
         for c in range(nco):
             b = bias[co0 + c] if has_bias else np.float32(0.0)
             dst = out[n, co0 + c]
@@ -243,10 +252,15 @@ def depthwise_conv3x3(x, w, out=None):
     return out
 
 
-def pointwise_conv(x, w, bias=None, out=None):
+def pointwise_conv(x, w, bias=None, out=None, norm_relu=None):
     """x: (N, Ci, H, W), w: (Co, Ci, 1, 1), bias: (Co,) or None -> (N, Co, H, W).
-    Mirrors F.conv2d(x, w, bias) with a 1x1 kernel (also the network head, with bias)."""
+    Mirrors F.conv2d(x, w, bias) with a 1x1 kernel (also the network head, with bias).
+    norm_relu: (N, Ci, 4) group_norm_coefficients of x: the conv then runs on relu(group_norm(x)), equal to
+    pointwise_conv(group_norm(x, ..., relu=True), w, bias) to the last bit, without writing the normalised x."""
     x, (N, Ci, H, W) = _check_x(x)
+    norm = np.empty((N, 0, 4), np.float32) if norm_relu is None else as_f32(norm_relu, "norm_relu", 3)
+    if norm.shape[1] and norm.shape != (N, Ci, 4):
+        raise ValueError(f"pointwise_conv: norm_relu must be ({N}, {Ci}, 4) for x {x.shape}, got {norm.shape}")
     w = as_f32(w, "w")
     if w.ndim != 4 or w.shape[1:] != (Ci, 1, 1):
         raise ValueError(f"pointwise_conv: w must be (Co, {Ci}, 1, 1) for x {x.shape}, got {w.shape}")
@@ -257,7 +271,7 @@ def pointwise_conv(x, w, bias=None, out=None):
         raise ValueError(f"pointwise_conv: bias must be ({Co},) for w {w.shape}, got {bias.shape}")
     out = output(out, (N, Co, H, W), inputs=(x,))
     if out.size:
-        _pointwise_kernel(x.reshape(N, Ci, H * W), w.reshape(Co, Ci), bias, has_bias,
+        _pointwise_kernel(x.reshape(N, Ci, H * W), norm, w.reshape(Co, Ci), bias, has_bias,
                           out.reshape(N, Co, H * W), TILE, CO_BLOCK)
     return out
 
