@@ -83,7 +83,7 @@ def machine_header(threads) -> dict:
             "numba": numba.__version__, "llvmlite": llvmlite.__version__, "npunet": npunet.__version__,
             "kernel_build_tag": _numba.BUILD_TAG, "threading_layer": numba.threading_layer(),
             "threads": threads, "tiles": tuning.describe(),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "commit": _git_commit()}
 
 

@@ -59,11 +59,15 @@ def _cache_dir_for_read_only_install():
 
 _cache_dir_for_read_only_install()
 
-# OpenMP threads (Numba's "omp" threading layer) that spin while they wait for the next parallel region take
-# a core from whatever else runs: on a busy 2-core machine a forward took 20x longer with 2 threads than
-# with 1. Passive waiting puts them to sleep instead. Set only when the user has not chosen; read when the
-# OpenMP runtime loads, at the first parallel kernel call.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads (Numba's "omp" threading layer, GNU libgomp) spin for a while after each parallel region in
+# case another follows. On a busy 2-core machine that spinning took the core another thread needed: a forward
+# of one slice took 490 ms with 2 threads instead of 23 ms. Passive waiting (OMP_WAIT_POLICY=PASSIVE) fixed
+# that but cost 30 % at batch 1 on an idle machine (wake-ups between the ~70 kernels of a forward). A short
+# spin (10,000 rounds, libgomp's default is 300,000) kept the idle speed and cut the busy case to 50 ms
+# (AMD EPYC family 26, 2026-11-29, issue 12). Set only when the user has chosen neither; read when libgomp
+# loads, at the first parallel kernel call.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 
 def cpu_features():
