@@ -10,8 +10,11 @@ tiles); --json FILE writes that header and every figure, so runs on different ma
 
 Every engine gets the same weights (seeded random, or --weights FILE) and the same input. The engines are
 interleaved within each round (npunet, torch NCHW, torch channels_last, ONNX Runtime, OpenVINO fp32, in
-turn) so that a noisy neighbour slows all of them alike; the table gives the median time per call, the
-time per slice, and the ratio to npunet. An engine that is not installed is skipped with a note.
+turn) so that a noisy neighbour slows all of them alike; before each engine's timed calls the benchmark waits
+--gap seconds, because every engine's thread pool (OpenMP, TBB, ONNX Runtime's) spin-waits for a while after a
+call, and on a 2-core machine a spinning pool takes a core from whichever engine runs next (at batch 1 that
+slowed every engine by 30-70 %). The table gives the median time per call, the time per slice, and the ratio
+to npunet. An engine that is not installed is skipped with a note.
 First-call (Numba compilation or cache load) time is reported separately from the steady state.
 
     python tools/bench.py --case 100 300        # whole `npunet segment` file-to-file, 512x512xN CT
@@ -157,7 +160,7 @@ def make_engines(weights_path: Path, threads: int, batch: int, notes: list) -> d
     return engines
 
 
-def bench_forward(weights_path: Path, batch: int, rounds: int, threads: int, repeat: int) -> dict:
+def bench_forward(weights_path: Path, batch: int, rounds: int, threads: int, repeat: int, gap: float) -> dict:
     notes: list[str] = []
     engines = make_engines(weights_path, threads, batch, notes)
     x = np.random.default_rng(0).random((batch, 3, 192, 192), dtype=np.float32)
@@ -168,6 +171,8 @@ def bench_forward(weights_path: Path, batch: int, rounds: int, threads: int, rep
         first[name] = time.perf_counter() - t
     for _ in range(rounds):
         for name, fn in engines.items():
+            time.sleep(gap)             # let the previous engine's worker threads stop spinning and sleep
+            fn(x)                       # then wake this engine's threads and caches up (untimed)
             t = time.perf_counter()
             for _ in range(repeat):
                 fn(x)
@@ -180,7 +185,7 @@ def bench_forward(weights_path: Path, batch: int, rounds: int, threads: int, rep
         diff = float(np.abs(np.asarray(outputs[name]) - ref).max())
         rows.append({"engine": name, "batch": batch, "median_s": med, "ms_per_slice": 1000 * med / batch,
                      "ratio_to_npunet": med / base, "first_call_s": first[name], "max_abs_diff_vs_npunet": diff})
-    return {"rows": rows, "notes": notes}
+    return {"rows": rows, "notes": notes, "rounds": rounds, "repeat": repeat, "gap_s": gap}
 
 
 # ---- whole case, file to file, in fresh subprocesses ----------------------------------------------------
@@ -344,7 +349,11 @@ def main(argv=None) -> int:
     p.add_argument("--weights", help="npunet weights file (default: seeded random weights of the default spec)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are taken over them")
-    p.add_argument("--repeat", type=int, default=1, help="calls per engine per round")
+    p.add_argument("--repeat", type=int, help="calls per engine per round (default: 8 // batch, at least 1, so "
+                   "that every timed block covers about 8 slices and a 10 ms call is not timed alone)")
+    p.add_argument("--gap", type=float, default=0.2,
+                   help="seconds of quiet before each engine's timed calls, so that the thread pool of the "
+                        "engine before it has stopped spin-waiting (default: 0.2; 0 for back-to-back)")
     p.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count()],
                    help="threads for every engine; several counts run the forward table once per count")
     p.add_argument("--json", help="also write the machine header and every figure as JSON here")
@@ -371,11 +380,13 @@ def main(argv=None) -> int:
         results["forward"] = []
         for threads in args.threads:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-            print(f"threads {threads}, rounds {args.rounds}, input 3x192x192, weights {weights.name}")
+            print(f"threads {threads}, rounds {args.rounds}, repeat {args.repeat or '8 // batch'}, "
+                  f"gap {args.gap} s, input 3x192x192, weights {weights.name}")
             print(f"{'engine':<22} {'batch':>5} {'median ms':>10} {'ms/slice':>9} {'x npunet':>9} "
                   f"{'first call s':>13} {'max|diff|':>10}")
             for batch in args.batch:
-                res = bench_forward(weights, batch, args.rounds, threads, args.repeat)
+                repeat = args.repeat or max(1, 8 // batch)
+                res = bench_forward(weights, batch, args.rounds, threads, repeat, args.gap)
                 for r in res["rows"]:
                     print(f"{r['engine']:<22} {r['batch']:>5} {1000 * r['median_s']:>10.1f} "
                           f"{r['ms_per_slice']:>9.1f} {r['ratio_to_npunet']:>9.2f} {r['first_call_s']:>13.2f} "
