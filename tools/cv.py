@@ -10,7 +10,10 @@ against its label (the FLARE DSC and NSD). The result is a per-organ table of DS
 mean over the folds where the organ is labelled and present (OUTPUT/cv_table.md, OUTPUT/cv.json).
 
 Resumable: each fold keeps its state in OUTPUT/fold_CASE/; run the same command again and it goes on from
-where it stopped (a fold's interrupted training resumes from its checkpoint, a finished fold is reused).
+where it stopped (a fold's interrupted training resumes from its checkpoint, a finished fold is reused). The
+recipe is kept in OUTPUT/recipe.json, and another recipe is refused there (its folds would be reused). Several
+processes may share one OUTPUT when their --folds do not overlap (one per core); a last run over all folds
+then gathers the table.
 Ctrl-C or SIGTERM stop the running fold's training cleanly (it checkpoints).
 
 An organ is left out of a fold's scores when the held-out case does not annotate it (dataset.json's
@@ -176,6 +179,12 @@ def main(argv=None) -> int:
     args = p.parse_args(own)
     if "--cases" in recipe or "--holdout" in recipe or "--output" in recipe or "--resume" in recipe:
         raise SystemExit("cv: the recipe after -- must not choose --cases, --holdout, --output or --resume")
+    earlier = args.output / "recipe.json"
+    if earlier.is_file():       # trained folds are reused: they must come from the same recipe
+        before = json.loads(earlier.read_text()).get("recipe")
+        if before != recipe:
+            raise SystemExit(f"cv: {args.output} holds folds of another recipe ({' '.join(before or []) or 'none'}); "
+                             f"give a new --output for this one ({' '.join(recipe) or 'none'})")
     from tools.train import list_cases
     cases = list_cases(args.data)
     folds = [c.strip() for c in args.folds.split(",") if c.strip()]

@@ -1,0 +1,62 @@
+"""tools/cv.py, the judge of training recipes: how fold scores become the table, and what it refuses.
+
+Training a fold takes minutes, so these tests feed the summary hand-made evaluate results; the folds
+themselves are trained and scored by the same tools/train.py, npunet segment and npunet evaluate that
+their own tests cover.
+"""
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+
+from npunet.labels import LABELS  # noqa: E402
+from tools import cv  # noqa: E402
+
+ORGANS = [k for k in sorted(LABELS) if k != 0]
+
+
+def fold_result(case, dsc):
+    """An `npunet evaluate --json` result for one case: organ name -> {"DSC", "NSD"}."""
+    return {"cases": {case: {LABELS[k]: {"DSC": dsc.get(k, 0.0), "NSD": dsc.get(k, 0.0) / 2} for k in ORGANS}}}
+
+
+def test_mean_counts_only_folds_where_the_organ_is_labelled_and_present():
+    folds = {"a": fold_result("a", {1: 0.9, 2: 0.5}), "b": fold_result("b", {1: 0.7, 2: 1.0}),
+             "c": fold_result("c", {1: 0.8, 2: 1.0})}
+    status = {"a": {k: "scored" for k in ORGANS},
+              "b": {**{k: "scored" for k in ORGANS}, 2: "absent"},             # FLARE gives 1.0: not a score
+              "c": {**{k: "scored" for k in ORGANS}, 2: "absent, predicted", 10: "unlabelled"}}
+    table = cv.summarise(folds, status)["organs"]
+    print("liver", table["liver"]["mean"], "right_kidney", table["right_kidney"]["mean"],
+          table["right_kidney"]["false_positive"])
+    assert table["liver"]["mean"] == {"DSC": 0.8, "NSD": 0.4, "n": 3}
+    assert table["right_kidney"]["mean"] == {"DSC": 0.5, "NSD": 0.25, "n": 1}
+    assert table["right_kidney"]["false_positive"] == "1 of 2"
+    assert table["right_kidney"]["folds"]["b"] == "absent"
+    assert table["esophagus"]["folds"]["c"] == "unlabelled" and table["esophagus"]["mean"]["n"] == 2
+
+
+def test_an_organ_scored_nowhere_has_no_mean_and_stays_out_of_the_overall_mean():
+    folds = {"a": fold_result("a", {k: 0.6 for k in ORGANS})}
+    status = {"a": {**{k: "scored" for k in ORGANS}, 9: "absent"}}
+    summary = cv.summarise(folds, status)
+    assert summary["organs"]["gallbladder"]["mean"]["DSC"] is None
+    assert math.isclose(summary["mean_over_organs"]["DSC"], 0.6)
+    assert "| gallbladder | absent | - | 0 of 1 |" in cv.markdown(summary, ["a"])
+
+
+def test_another_recipe_in_a_used_output_folder_is_refused(tmp_path):
+    (tmp_path / "recipe.json").write_text(json.dumps({"folds": ["ts_abdomen"], "recipe": ["--epochs", "20"]}))
+    with pytest.raises(SystemExit) as stop:
+        cv.main(["--output", str(tmp_path), "--data", str(tmp_path / "no_data"), "--", "--epochs", "40"])
+    print(stop.value.code)
+    assert "another recipe (--epochs 20)" in str(stop.value.code) and "--epochs 40" in str(stop.value.code)
+
+
+def test_recipe_must_not_choose_the_folds_own_options(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cv.main(["--output", str(tmp_path), "--data", str(tmp_path / "no_data"), "--", "--holdout", "ts_chest"])
+    assert "must not choose" in str(stop.value.code)
