@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,19 +42,24 @@ def wisdom_key() -> dict:
     """What a stored choice is valid for."""
     import npunet
     from npunet.kernels import _numba
-    return {"cpu": _cpu_model(), "numba_cpu_name": _numba.cpu_name(), "build_tag": _numba.BUILD_TAG,
+    return {"cpu": cpu_model(), "numba_cpu_name": _numba.cpu_name(), "build_tag": _numba.BUILD_TAG,
             "npunet": npunet.__version__}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """'AMD EPYC (family 26, model 2)' from /proc/cpuinfo (platform.processor() elsewhere): what a stored choice
+    is keyed by, and what tools/bench.py prints."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
+            if not line.strip():                  # the first processor's block is enough
+                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
+        import platform
+        return platform.processor() or platform.machine()
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def apply(choice: dict) -> None:
@@ -137,13 +141,12 @@ def tune(repeats: int = 5, store: bool = True) -> dict:
 
 
 def _store(record: dict) -> None:
-    """Write tiles.json whole (a temporary file renamed over it), or nothing if the folder is not writable."""
+    """Write tiles.json whole (npunet.publish.atomic_write), or nothing if the folder is not writable."""
+    from npunet.errors import InputError
+    from npunet.publish import atomic_write
     path = wisdom_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tiles-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)
-    except OSError:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    except (OSError, InputError):
         pass

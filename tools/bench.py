@@ -48,21 +48,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def cpu_model() -> str:
-    """'AMD EPYC (family 26, model 2)' from /proc/cpuinfo (platform.processor() elsewhere)."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-            if not line.strip():
-                break
-    except OSError:
-        import platform
-        return platform.processor() or platform.machine()
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-
-
 def vector_isa(features: str) -> str:
     """The widest vector ISA in an LLVM feature string, and whether LLVM is told to prefer 256-bit vectors."""
     on = {f[1:] for f in features.split(",") if f.startswith("+")}
@@ -81,7 +66,7 @@ def machine_header(threads) -> dict:
     from npunet.kernels.conv import pointwise_conv
     pointwise_conv(np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.float32))  # starts the pool
     features = _numba.cpu_features()
-    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "numba_cpu_name": _numba.cpu_name(),
+    return {"cpu": tuning.cpu_model(), "logical_cpus": os.cpu_count(), "numba_cpu_name": _numba.cpu_name(),
             "vector_isa": vector_isa(features), "cpu_features": features,
             "numba": numba.__version__, "llvmlite": llvmlite.__version__, "npunet": npunet.__version__,
             "kernel_build_tag": _numba.BUILD_TAG, "threading_layer": numba.threading_layer(),
