@@ -12,8 +12,11 @@ def run() -> int:
         from npunet.cli import console
         signals.raise_pending()           # a signal whose exception an import swallowed
     except (KeyboardInterrupt, signals.Terminated) as exc:
-        return signals.finish_interrupted(exc, None)
-    return console()
+        code = signals.finish_interrupted(exc, None)
+    else:
+        code = console()
+    signals.exit_after_interruption(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ def console(argv: list[str] | None = None) -> int:
     signals.install()
     try:
         code = main(argv)
+        signals.ignore()                                # done and published: a late signal changes nothing
     except (KeyboardInterrupt, Terminated) as exc:      # one that came before main could handle it
         return signals.finish_interrupted(exc, None)
     except BrokenPipeError:                             # `npunet summary | head -1`: the reader has gone

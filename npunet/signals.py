@@ -29,12 +29,12 @@ HANDLED = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SI
 
 
 _pending: BaseException | None = None     # raised by the handler, not yet reported by finish_interrupted
+_interrupted = False                      # finish_interrupted has run: the process is ending after a signal
 
 
 def _on_signal(signum, frame):
     global _pending
-    for s in HANDLED:                     # the clean-up that follows must not be cut short
-        signal.signal(s, signal.SIG_IGN)
+    ignore()                              # the clean-up that follows must not be cut short
     _pending = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
     raise _pending
 
@@ -44,6 +44,13 @@ def raise_pending() -> None:
     swallowed where Python ignores exceptions); nothing when there is none."""
     if _pending is not None:
         raise _pending
+
+
+def ignore() -> None:
+    """Ignore SIGINT, SIGTERM and SIGHUP from now on: during the clean-up after one, and once a command has
+    finished (its outputs are published; a signal that comes as the process exits changes nothing)."""
+    for s in HANDLED:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def install() -> None:
@@ -70,8 +77,8 @@ def describe(exc: BaseException) -> str:
 
 def finish_interrupted(exc: BaseException, command: str | None) -> int:
     """After an interruption: remove what npunet.publish still holds, say so in one line, return the code."""
-    global _pending
-    _pending = None
+    global _pending, _interrupted
+    _pending, _interrupted = None, True
     from npunet.publish import remove_temporaries
     remove_temporaries()
     prefix = f"npunet {command}" if command else "npunet"
@@ -80,6 +87,22 @@ def finish_interrupted(exc: BaseException, command: str | None) -> int:
     except OSError:
         pass
     return exit_code(exc)
+
+
+def exit_after_interruption(code: int) -> None:
+    """End the process now with `code` if a signal interrupted it (finish_interrupted has run), skipping the
+    interpreter's shutdown: a background thread may still be inside a Numba compilation, and LLVM aborts
+    (exit -6) when the interpreter is torn down under it; an object the signal cut half-built would print its
+    destructor's error after the one line. npunet's own clean-up (temporaries, a Dask cluster) is done by
+    then. Nothing when there was no interruption. For the process's entry point only (npunet.__main__)."""
+    if not _interrupted:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
 
 
 def silence_stdout() -> None:
