@@ -30,7 +30,7 @@ i64 = np.int64(1)
 x4, up = f32(1, 8, 8, 8), (f32(1, 0, 1, 1),) + tuple(np.zeros(8, np.int64) for _ in range(2)) \
     + tuple(f32(8) for _ in range(2)) + tuple(np.zeros(8, np.int64) for _ in range(2)) + tuple(f32(8) for _ in range(2))
 kernels = {
-    "winograd": (winograd._winograd_kernel, (x4, f32(1, 0, 4), up, f32(16, 8, 8), x4, i64)),
+    "winograd": (winograd._winograd_kernel, (x4, f32(1, 0, 4), up, f32(36, 8, 8), x4, i64, i64)),
     "pointwise": (conv._pointwise_kernel, (f32(1, 8, 64), f32(1, 0, 4), f32(8, 8), f32(8), True, f32(1, 8, 64),
                                            i64, i64)),
     "depthwise": (conv._depthwise_kernel, (x4, f32(8, 1, 3, 3), x4, i64)),

@@ -8,10 +8,10 @@ with torch and prints the max |diff| per case. Most ops take an optional preallo
 conv      depthwise_conv3x3(x, w)            x (N,C,H,W), w (C,1,3,3)      F.conv2d(padding=1, groups=C)
           pointwise_conv(x, w, bias=None)    w (Co,Ci,1,1), bias (Co,)     F.conv2d 1x1 (also the head)
           conv3x3(x, w)                      w (Co,Ci,3,3)                 F.conv2d(padding=1)
-winograd  conv3x3_winograd(x, w, u=None, low=None, norm_relu=None)  the same, by F(2x2,3x3) (conv3x3 uses it
+winograd  conv3x3_winograd(x, w, u=None, low=None, norm_relu=None)  the same, by F(4x4,3x3) (conv3x3 uses it
                                              from 8 channels); low: on cat([x, upsample2x(low)]), never built;
                                              norm_relu: on relu(group_norm(x)), normalised as it is read
-          winograd_weights(w)                -> u (16,Co,Ci)               G w G^T, once per layer
+          winograd_weights(w)                -> u (36,Co,Ci)               G w G^T, once per layer
           conv_transpose2x2(x, w, bias)      w (Ci,Co,2,2) -> (N,Co,2H,2W) F.conv_transpose2d(stride=2)
 norm      group_norm(x, weight, bias, groups, eps, relu=False)             F.group_norm (+ F.relu)
           group_norm_statistics(x, groups)   -> mean, std (N,G) float64    the per-group statistics it uses

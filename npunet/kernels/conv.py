@@ -278,7 +278,7 @@ def pointwise_conv(x, w, bias=None, out=None, norm_relu=None):
 
 def conv3x3(x, w, out=None, winograd_weights=None):
     """x: (N, Ci, H, W), w: (Co, Ci, 3, 3) -> (N, Co, H, W). Mirrors F.conv2d(x, w, padding=1), no bias.
-    From WINOGRAD_MIN_CI input channels up it runs Winograd F(2x2, 3x3) (winograd.py; winograd_weights is
+    From WINOGRAD_MIN_CI input channels up it runs Winograd F(4x4, 3x3) (winograd.py; winograd_weights is
     its transformed w, when the caller keeps one), below that the direct kernel above."""
     x, (N, Ci, H, W) = _check_x(x)
     if Ci >= WINOGRAD_MIN_CI:
