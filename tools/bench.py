@@ -20,8 +20,8 @@ First-call (Numba compilation or cache load) time is reported separately from th
     python tools/bench.py --case 100 300        # whole `npunet segment` file-to-file, 512x512xN CT
     python tools/bench.py --startup             # first call (fresh Numba cache) vs warm start
 
---case builds a 512x512xN CT by tiling ts_chest_0000.nii.gz (512x512x20) along z (data folder
-../shared/data/imagesTr, or $NPUNET_DATA), writes it to a temporary NIfTI, then runs `npunet segment` on it
+--case builds a 512x512xN CT by tiling ts_chest_0000.nii.gz (512x512x20) along z (imagesTr/ of
+$NPUNET_DATA, default ../shared/data), writes it to a temporary NIfTI, then runs `npunet segment` on it
 in a fresh subprocess (per-stage seconds from npunet.pipeline.segment_array's `timings`, plus read and
 write), next to the same case through the torch forward (tools/torch_pipeline.py). Peak RSS is the child's
 own getrusage(RUSAGE_SELF).ru_maxrss at exit
@@ -247,13 +247,17 @@ def run_child(code: str, args: list[str], env: dict | None = None) -> dict:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("NPUNET_DATA") or REPO.parent / "shared" / "data" / "imagesTr")
+    """The FLARE-layout data folder, as the tests find it: $NPUNET_DATA, else ../shared/data."""
+    return Path(os.environ.get("NPUNET_DATA") or REPO.parent / "shared" / "data")
 
 
 def make_case(nz: int, folder: Path) -> Path:
     """A 512x512xnz CT: ts_chest_0000 (512x512x20) tiled along z, written as NIfTI (affine kept)."""
     import nibabel as nib
-    src = nib.load(data_dir() / "ts_chest_0000.nii.gz")
+    source = data_dir() / "imagesTr" / "ts_chest_0000.nii.gz"
+    if not source.is_file():
+        raise SystemExit(f"bench.py: --case needs {source} (set NPUNET_DATA to the FLARE-layout data folder)")
+    src = nib.load(source)
     vol = np.asarray(src.dataobj)
     reps = -(-nz // vol.shape[2])
     tiled = np.concatenate([vol] * reps, axis=2)[:, :, :nz]
