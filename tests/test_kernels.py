@@ -651,6 +651,30 @@ def test_winograd_rejects_mismatched_weights():
 
 
 @pytest.mark.parametrize("ac", [False, True])
+def test_2x_upsampling_read_in_pairs_gives_the_gathered_bits(ac, monkeypatch):
+    """The 2x upsampling reads source columns k-1, k by position when the indices allow (pairs_of_2x), instead
+    of through the index arrays: the same products, so the same bits, in upsample_concat and in the Winograd
+    conv that upsamples as it reads. The control turns the pairs off."""
+    from npunet.kernels import resample, winograd
+    rng = np.random.default_rng(82)
+    cases = [(1, 2, 3, 1, 1), (2, 4, 5, 7, 9), (1, 8, 16, 24, 20), (1, 3, 2, 12, 1)]
+    for ci in (0, 1):                                        # skip channels: none (upsample_bilinear2x) or some
+        for n, cs, cl, h, w in cases:
+            skip, low = _rand(rng, n, cs * ci, 2 * h, 2 * w), _rand(rng, n, cl, h, w)
+            i0, i1, _, _ = K.bilinear_source_index(w, 2 * w, ac, 2.0)
+            assert resample.pairs_of_2x(i0, i1, w)
+            wt = _rand(rng, 5, cs * ci + cl, 3, 3)
+            paired = (K.upsample_concat(skip, low, ac), K.conv3x3_winograd(skip, wt, low=low, align_corners=ac))
+            with monkeypatch.context() as m:
+                m.setattr(resample, "pairs_of_2x", lambda *args: False)
+                source_index = winograd._source_index.__wrapped__             # uncached, pairs turned off
+                m.setattr(winograd, "_source_index", lambda *args: source_index(*args)[:4] + (False,))
+                gathered = (K.upsample_concat(skip, low, ac), K.conv3x3_winograd(skip, wt, low=low, align_corners=ac))
+            assert all(np.array_equal(a, b) for a, b in zip(paired, gathered)), (n, cs * ci, cl, h, w)
+    assert not resample.pairs_of_2x(*K.bilinear_source_index(5, 12, ac, 2.4)[:2], 5)    # not a 2x: gathers
+
+
+@pytest.mark.parametrize("ac", [False, True])
 def test_winograd_reads_upsample_concat_without_building_it(ac):
     """conv3x3_winograd(skip, w, low=low) is the conv of torch.cat([skip, upsample2x(low)], 1) to the last bit
     of the two-step fast path, and matches the float64 definition."""

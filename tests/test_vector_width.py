@@ -28,7 +28,8 @@ from npunet.kernels import conv, winograd
 f32 = lambda *shape: np.zeros(shape, np.float32)
 i64 = np.int64(1)
 x4, up = f32(1, 8, 8, 8), (f32(1, 0, 1, 1),) + tuple(np.zeros(8, np.int64) for _ in range(2)) \
-    + tuple(f32(8) for _ in range(2)) + tuple(np.zeros(8, np.int64) for _ in range(2)) + tuple(f32(8) for _ in range(2))
+    + tuple(f32(8) for _ in range(2)) + tuple(np.zeros(8, np.int64) for _ in range(2)) + tuple(f32(8) for _ in range(2)) \
+    + (True,)
 kernels = {
     "winograd": (winograd._winograd_kernel, (x4, f32(1, 0, 4), up, f32(36, 8, 8), x4, i64, i64)),
     "pointwise": (conv._pointwise_kernel, (f32(1, 8, 64), f32(1, 0, 4), f32(8, 8), f32(8), True, f32(1, 8, 64),

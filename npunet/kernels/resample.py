@@ -35,6 +35,18 @@ def bilinear_source_index(in_size, out_size, align_corners=False, scale_factor=N
     return i0, i1, (np.float32(1.0) - l1).astype(np.float32), l1.astype(np.float32)
 
 
+def pairs_of_2x(i0, i1, in_size):
+    """Whether source indices (bilinear_source_index) are those of a 2x upsampling read in pairs:
+    i0[j] = min(max(j - 1, 0) // 2, in_size - 1), i1[j] = min(i0[j] + 1, in_size - 1), 2 * in_size outputs.
+    True for align_corners=False, and for True at every size from 1 to 299; the kernels then read output
+    columns 2k-1 and 2k from source columns k-1 and k by position, not through i0 and i1 (gathers: 4-5x
+    slower), the same products with the same weights."""
+    j = np.arange(len(i0))
+    want = np.minimum(np.maximum(j - 1, 0) // 2, in_size - 1)
+    return bool(len(i0) == 2 * in_size and np.array_equal(i0, want)
+                and np.array_equal(i1, np.minimum(want + 1, in_size - 1)))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # references (float64, NumPy)
 # ---------------------------------------------------------------------------------------------------------
@@ -132,14 +144,23 @@ def _band_span(iy0, iy1, band):
 
 
 @helper
-def interp_row(src, ix0, ix1, lx0, lx1, dst):
-    """dst[j] = src[ix0[j]]*lx0[j] + src[ix1[j]]*lx1[j]: one source row interpolated along W."""
-    for j in range(dst.shape[0]):
-        dst[j] = src[ix0[j]] * lx0[j] + src[ix1[j]] * lx1[j]
+def interp_row(src, ix0, ix1, lx0, lx1, dst, pairs=False):
+    """dst[j] = src[ix0[j]]*lx0[j] + src[ix1[j]]*lx1[j]: one source row interpolated along W. pairs: ix0, ix1
+    are those of pairs_of_2x, so columns 2k-1 and 2k read src[k-1] and src[k] by position (no gathers)."""
+    if pairs:
+        for k in range(1, src.shape[0]):
+            left, right = src[k - 1], src[k]
+            dst[2 * k - 1] = left * lx0[2 * k - 1] + right * lx1[2 * k - 1]
+            dst[2 * k] = left * lx0[2 * k] + right * lx1[2 * k]
+        for j in (0, dst.shape[0] - 1):
+            dst[j] = src[ix0[j]] * lx0[j] + src[ix1[j]] * lx1[j]
+    else:
+        for j in range(dst.shape[0]):
+            dst[j] = src[ix0[j]] * lx0[j] + src[ix1[j]] * lx1[j]
 
 
 @kernel
-def _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band, span, out, skip):
+def _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, pairs, band, span, out, skip):
     # Separable: the source rows a band of output rows needs are interpolated along W once (into `rows`),
     # then each output row is rows[a]*l0y + rows[b]*l1y, the same float32 operations in the same order
     # as the one-pixel formula in the module docstring.
@@ -159,7 +180,7 @@ def _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, band, span, out,
         s0 = iy0[r_lo]
         rows = np.empty((span, ow), np.float32)
         for s in range(iy1[r_hi - 1] - s0 + 1):
-            interp_row(x[n, c - Ca, s0 + s], ix0, ix1, lx0, lx1, rows[s])
+            interp_row(x[n, c - Ca, s0 + s], ix0, ix1, lx0, lx1, rows[s], pairs)
         for oy in range(r_lo, r_hi):
             ra, rb, dst = rows[iy0[oy] - s0], rows[iy1[oy] - s0], out[n, c, oy]
             h0, h1 = ly0[oy], ly1[oy]
@@ -239,7 +260,8 @@ def _resize(x, out_h, out_w, align_corners, scale_factor, out, skip=None):
     if out.size:
         iy0, iy1, ly0, ly1 = bilinear_source_index(H, out_h, align_corners, scale_factor)
         ix0, ix1, lx0, lx1 = bilinear_source_index(W, out_w, align_corners, scale_factor)
-        _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, BAND, _band_span(iy0, iy1, BAND), out, skip)
+        _bilinear_kernel(x, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, pairs_of_2x(ix0, ix1, W), BAND,
+                         _band_span(iy0, iy1, BAND), out, skip)
     return out
 
 

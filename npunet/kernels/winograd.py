@@ -41,7 +41,7 @@ from numba import prange
 
 from npunet.kernels._numba import as_f32, finish, helper, kernel, output
 from npunet.kernels._tiles import pointwise_tile
-from npunet.kernels.resample import bilinear_source_index
+from npunet.kernels.resample import bilinear_source_index, pairs_of_2x
 
 # (B^T, G, A^T) of F(m x m, 3x3): input transform (m+2, m+2), kernel transform (m+2, 3), output transform (m, m+2)
 F23 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
@@ -101,14 +101,16 @@ def _input_rows(x, norm, up, n, c, iy0, xb, rows):
     """Rows iy0 .. iy0 + R - 1 of input channel c into xb[:R, 1:W+1] (R = xb.shape[0]; zeros outside the image;
     the caller keeps xb's padding columns at zero). The input is x (N, Cx, H, W) - GroupNorm-ed and ReLU-ed as
     it is read when norm (N, Cx, 4) holds group_norm_coefficients, not when norm has 0 channels - followed by
-    the 2x bilinear upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1):
+    the 2x bilinear upsampling of up = (low (N, Cl, H/2, W/2), iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, pairs):
     channel Cx + c' is upsample(low)[n, c'], the same float32 operations as norm.normalize_row and
-    resample.interp_row / _bilinear_kernel. rows: (2, W) source rows of low interpolated along W, source row s
+    resample.interp_row / _bilinear_kernel (pairs: ix0, ix1 follow resample.pairs_of_2x, so a row is read
+    by position instead of through them). rows: (2, W) source rows of low interpolated along W, source row s
     in slot s % 2, so that consecutive output rows, which share source rows, interpolate each only once.
     One call per channel and band, indexing without array views in the row loops: per row, a helper call
     or a view costs reference counting that took longer than the copy itself (issue 12)."""
     Cx, H, W = x.shape[1], x.shape[2], x.shape[3]
-    low, sy0, sy1, ly0, ly1, ix0, ix1, lx0, lx1 = up
+    low, sy0, sy1, ly0, ly1, ix0, ix1, lx0, lx1, pairs = up
+    Wl = low.shape[3]
     key_even = key_odd = -1                                    # the source rows that `rows` holds
     for r in range(xb.shape[0]):
         iy = iy0 + r
@@ -118,13 +120,23 @@ def _input_rows(x, norm, up, n, c, iy0, xb, rows):
         elif c >= Cx:
             cl = c - Cx
             for s in (sy0[iy], sy1[iy]):
-                if s != (key_even if s % 2 == 0 else key_odd):
+                slot = s % 2
+                if s == (key_even if slot == 0 else key_odd):
+                    continue                                   # interpolated for the previous row
+                if pairs:                                      # the loop below, without gathers: columns
+                    for k in range(1, Wl):                     # 2k-1 and 2k read source columns k-1 and k
+                        left, right = low[n, cl, s, k - 1], low[n, cl, s, k]
+                        rows[slot, 2 * k - 1] = left * lx0[2 * k - 1] + right * lx1[2 * k - 1]
+                        rows[slot, 2 * k] = left * lx0[2 * k] + right * lx1[2 * k]
+                    for j in (0, W - 1):
+                        rows[slot, j] = low[n, cl, s, ix0[j]] * lx0[j] + low[n, cl, s, ix1[j]] * lx1[j]
+                else:
                     for j in range(W):
-                        rows[s % 2, j] = low[n, cl, s, ix0[j]] * lx0[j] + low[n, cl, s, ix1[j]] * lx1[j]
-                    if s % 2 == 0:
-                        key_even = s
-                    else:
-                        key_odd = s
+                        rows[slot, j] = low[n, cl, s, ix0[j]] * lx0[j] + low[n, cl, s, ix1[j]] * lx1[j]
+                if slot == 0:
+                    key_even = s
+                else:
+                    key_odd = s
             a, b = sy0[iy] % 2, sy1[iy] % 2
             h0, h1 = ly0[iy], ly1[iy]
             for j in range(W):
@@ -267,9 +279,10 @@ def _work_split(N, H, W, Co, threads):
 
 @functools.lru_cache(maxsize=64)
 def _source_index(n_in, n_out, align_corners):
-    """bilinear_source_index for a 2x upsampling, kept: the same few sizes come back at every call (the kernel
-    only reads these arrays)."""
-    return bilinear_source_index(n_in, n_out, align_corners, 2.0)
+    """bilinear_source_index for a 2x upsampling, and whether it reads in pairs (resample.pairs_of_2x); kept:
+    the same few sizes come back at every call (the kernel only reads these arrays)."""
+    i0, i1, l0, l1 = bilinear_source_index(n_in, n_out, align_corners, 2.0)
+    return i0, i1, l0, l1, pairs_of_2x(i0, i1, n_in)
 
 
 def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False, norm_relu=None):
@@ -301,8 +314,9 @@ def conv3x3_winograd(x, w, out=None, u=None, low=None, align_corners=False, norm
         raise ValueError(f"conv3x3: Winograd weights must be (36, {Co}, {Ci}) for w {w.shape}, got {u.shape}")
     out = output(out, (N, Co, H, W), inputs=(x, low))
     if out.size:
-        iy0, iy1, ly0, ly1 = _source_index(max(1, low.shape[2]), H, align_corners)
-        ix0, ix1, lx0, lx1 = _source_index(max(1, low.shape[3]), W, align_corners)
+        iy0, iy1, ly0, ly1, _ = _source_index(max(1, low.shape[2]), H, align_corners)
+        ix0, ix1, lx0, lx1, pairs = _source_index(max(1, low.shape[3]), W, align_corners)
         band_tiles, co_block = _work_split(N, H, W, Co, numba.get_num_threads())
-        _winograd_kernel(x, norm, (low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1), u, out, band_tiles, co_block)
+        _winograd_kernel(x, norm, (low, iy0, iy1, ly0, ly1, ix0, ix1, lx0, lx1, pairs), u, out, band_tiles,
+                         co_block)
     return out
