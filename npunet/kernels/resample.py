@@ -41,10 +41,10 @@ def pairs_of_2x(i0, i1, in_size):
     True for align_corners=False, and for True at every size from 1 to 299; the kernels then read output
     columns 2k-1 and 2k from source columns k-1 and k by position, not through i0 and i1 (gathers: 4-5x
     slower), the same products with the same weights."""
-    j = np.arange(len(i0))
-    want = np.minimum(np.maximum(j - 1, 0) // 2, in_size - 1)
-    return bool(len(i0) == 2 * in_size and np.array_equal(i0, want)
-                and np.array_equal(i1, np.minimum(want + 1, in_size - 1)))
+    if len(i0) != 2 * in_size:
+        return False
+    want = np.minimum(np.maximum(np.arange(len(i0)) - 1, 0) // 2, in_size - 1)
+    return bool(np.array_equal(i0, want) and np.array_equal(i1, np.minimum(want + 1, in_size - 1)))
 
 
 # ---------------------------------------------------------------------------------------------------------
