@@ -30,6 +30,25 @@ LABELS = {
 
 ORGANS = tuple(k for k in LABELS if k != 0)  # 1..13, the labels FLARE scores
 
+
+def mirror_labels(names: dict[int, str] | None = None) -> tuple[int, ...]:
+    """For each label id 0..max, the id it becomes in a left-right mirror image: right_X <-> left_X (the
+    kidneys and the adrenal glands of LABELS), every unpaired label itself. Used to flip training slices
+    (tools/train.py) and to average a slice with its mirror at test time (npunet segment --tta).
+
+    >>> mirror_labels()
+    (0, 1, 13, 3, 4, 5, 6, 8, 7, 9, 10, 11, 12, 2)
+    """
+    names = LABELS if names is None else names
+    by_name = {str(v): int(k) for k, v in names.items()}
+    order = []
+    for k in range(max(by_name.values()) + 1):
+        name = str(names.get(k, ""))
+        side, _, rest = name.partition("_")
+        other = {"right": "left", "left": "right"}.get(side)
+        order.append(by_name.get(f"{other}_{rest}", k) if other else k)
+    return tuple(order)
+
 NSD_TOLERANCE_MM = {
     1: 5.0,   # liver
     2: 3.0,   # right kidney

@@ -137,6 +137,54 @@ def test_augment_rotation_moves_labels_with_the_image():
     assert inside.float().mean() > 0.95
 
 
+def test_flip_mirrors_the_slice_across_the_body_and_swaps_left_and_right_organs():
+    """Axis H of a canonical (RAS) slice runs across the body: the flip reverses it, and the right kidney
+    (2) of the mirrored image is the left kidney (13) of the original, so sides stay on their side."""
+    from npunet.labels import mirror_labels
+    x, y = _batch(n=2)
+    y[:, 30:34, 10:14] = 2                                   # a right kidney at rows 30-33
+    mirror = torch.tensor(mirror_labels())
+    p = T.identity_augment_params(2)
+    p["flip"] = torch.tensor([True, False])
+    xa, ya = T.augment_batch(x, y, params=p, mirror=mirror)
+    h = y.shape[1]
+    assert torch.allclose(xa[0], x[0].flip(-2), atol=1e-5) and torch.allclose(xa[1], x[1], atol=1e-5)
+    assert torch.equal(ya[1], y[1])
+    assert (ya[0, h - 34:h - 30, 10:14] == 13).all()         # the right kidney, mirrored, is a left kidney
+    assert (ya[0, h - 6:h - 2, 40:44] == 2).all()            # and the left kidney (13 at rows 2-5) a right one
+    assert (ya[0, h - 40:h - 20, 25:45] == 11).all()         # unpaired organs keep their label
+    twice, y2 = T.augment_batch(xa, ya, params=p, mirror=mirror)
+    assert torch.allclose(twice, x, atol=1e-5) and torch.equal(y2, y)
+
+
+def test_organ_shift_moves_each_organ_by_its_own_value_on_every_channel():
+    x, y = _batch(n=2)
+    x = torch.full_like(x, 0.5)
+    yc = y[:, None].expand(-1, 3, -1, -1).clone()
+    yc[:, 0] = 0                                              # the slice below shows no organ
+    p = T.identity_augment_params(2)
+    p["organ_shift"] = torch.zeros(2, C)
+    p["organ_shift"][0, 11] = 0.1
+    p["organ_shift"][1, 13] = -0.2
+    xa, _ = T.augment_batch(x, y, params=p, y_context=yc)
+    want = x + torch.where(yc == 11, 0.1, 0.0) * torch.tensor([1.0, 0.0])[:, None, None, None] \
+        + torch.where(yc == 13, -0.2, 0.0) * torch.tensor([0.0, 1.0])[:, None, None, None]
+    print(f"organ shift: max |diff| = {(xa - want).abs().max().item():.2e}")
+    assert torch.allclose(xa, want, atol=1e-5)
+
+
+def test_sampled_flip_and_organ_shift_are_drawn_only_when_asked():
+    cfg = {**T.AUGMENT_DEFAULTS}
+    plain = T.sample_augment_params(4, torch.Generator().manual_seed(0), cfg=cfg)
+    assert "flip" not in plain and "organ_shift" not in plain
+    on = T.sample_augment_params(400, torch.Generator().manual_seed(0),
+                                 cfg={**cfg, "p_flip": 0.5, "organ_shift": 0.1})
+    share = on["flip"].float().mean().item()
+    assert 0.4 < share < 0.6
+    assert (on["organ_shift"][:, 0] == 0).all() and on["organ_shift"].abs().max() <= 0.1
+    assert on["organ_shift"][:, 1:].std() > 0.05
+
+
 # ------------------------------------------------------------------------------------------- data --
 
 def test_label_resize_uses_the_image_window_and_half_pixel_centres():

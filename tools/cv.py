@@ -68,15 +68,18 @@ def fold_state(fold_dir: Path) -> str:
     return "trained" if torch.load(ckpt, map_location="cpu", weights_only=True).get("complete") else "partial"
 
 
-def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[str], threads: int | None) -> dict:
-    """Train (or resume) the fold that holds `case` out, then segment and evaluate it; its evaluate JSON."""
+def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[str], threads: int | None,
+             curve: tuple[int, ...] = ()) -> dict:
+    """Train (or resume) the fold that holds `case` out, then segment and evaluate it; its evaluate JSON
+    ({"final": ...} plus {step: ...} for each step of `curve`, kept by train.py --keep-steps)."""
     fold_dir = out / f"fold_{case}"
     state = fold_state(fold_dir)
     train = [sys.executable, str(REPO / "tools" / "train.py")] + (["--threads", str(threads)] if threads else [])
     if state == "new":
         training = [c for c in cases if c != case]
+        keep = ["--keep-steps", ",".join(map(str, curve))] if curve else []
         code = run_child(train + ["--data", str(data), "--cases", ",".join(training), "--output", str(fold_dir)]
-                         + recipe)
+                         + keep + recipe)
     elif state == "partial":
         code = run_child(train + ["--resume", str(fold_dir)])
     else:
@@ -84,12 +87,25 @@ def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[st
     if code != 0 or fold_state(fold_dir) != "trained":
         raise SystemExit(f"cv: fold {case}: training stopped (exit code {code}); run the same command to go on")
 
-    weights = fold_dir / "fold.npuw"
-    pred = fold_dir / "pred" / f"{case}.nii.gz"
-    result = fold_dir / "evaluate.json"
-    if not result.is_file() or result.stat().st_mtime < (fold_dir / "checkpoint.pt").stat().st_mtime:
+    results = {"final": score_checkpoint(fold_dir, case, data, "")}
+    for step in curve:
+        if not (fold_dir / f"checkpoint_step{step}.pt").is_file():
+            raise SystemExit(f"cv: fold {case}: no checkpoint_step{step}.pt (the run has fewer steps, or was "
+                             f"started without --curve {step})")
+        results[step] = score_checkpoint(fold_dir, case, data, f"_step{step}")
+    return results
+
+
+def score_checkpoint(fold_dir: Path, case: str, data: Path, tag: str) -> dict:
+    """Convert fold_dir/checkpoint{tag}.pt, segment the held-out case with it as a user would (npunet segment)
+    and score it (npunet evaluate); the evaluate JSON, kept as evaluate{tag}.json until the checkpoint changes."""
+    checkpoint = fold_dir / f"checkpoint{tag}.pt"
+    weights = fold_dir / f"fold{tag}.npuw"
+    pred = fold_dir / "pred" / f"{case}{tag}.nii.gz"
+    result = fold_dir / f"evaluate{tag}.json"
+    if not result.is_file() or result.stat().st_mtime < checkpoint.stat().st_mtime:
         from tools.convert import convert
-        convert(fold_dir / "checkpoint.pt", weights)
+        convert(checkpoint, weights)
         npunet = [sys.executable, "-m", "npunet"]
         t0 = time.perf_counter()
         steps = [npunet + ["segment", str(data / "imagesTr" / f"{case}_0000.nii.gz"), "-o", str(pred),
@@ -98,7 +114,7 @@ def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[st
         for cmd in steps:
             if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
                 raise SystemExit(f"cv: fold {case}: {' '.join(cmd[2:4])} failed")
-        print(f"cv: fold {case}: segmented and evaluated ({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(f"cv: fold {case}{tag}: segmented and evaluated ({time.perf_counter() - t0:.1f} s)", flush=True)
     return json.loads(result.read_text())
 
 
@@ -147,6 +163,22 @@ def summarise(folds: dict[str, dict], status: dict[str, dict[int, str]]) -> dict
     return {"organs": table, "mean_over_organs": overall}
 
 
+def curve_markdown(by_step: dict, cases: list[str]) -> str:
+    """Mean DSC / NSD over the folds per organ (rows) against training steps (columns)."""
+    steps = list(by_step)
+    lines = ["| organ | " + " | ".join(f"{s} steps DSC / NSD" for s in steps) + " |", "|" + "---|" * (len(steps) + 1)]
+    for name in next(iter(by_step.values()))["organs"]:
+        cells = []
+        for s in steps:
+            m = by_step[s]["organs"][name]["mean"]
+            cells.append(f"{m['DSC']:.3f} / {m['NSD']:.3f} ({m['n']})" if m["DSC"] is not None else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **mean over organs** | " + " | ".join(
+        f"**{by_step[s]['mean_over_organs']['DSC']:.3f}** / {by_step[s]['mean_over_organs']['NSD']:.3f}"
+        for s in steps) + " |")
+    return f"Folds: {', '.join(cases)}\n\n" + "\n".join(lines) + "\n"
+
+
 def markdown(summary: dict, cases: list[str]) -> str:
     head = "| organ | " + " | ".join(f"{c} DSC / NSD" for c in cases) + " | mean DSC / NSD (n) | predicted where absent |"
     lines = [head, "|" + "---|" * (len(cases) + 3)]
@@ -176,7 +208,14 @@ def main(argv=None) -> int:
     p.add_argument("--folds", default=",".join(ABDOMINAL_CASES), metavar="CASE[,CASE...]",
                    help="the held-out cases, one fold each (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads for training")
+    p.add_argument("--curve", default="", metavar="STEP[,STEP...]",
+                   help="a learning curve from the same runs: keep each fold's checkpoint at these steps and "
+                        "score each like the final one (OUTPUT/cv_curve.md, cv_curve.json)")
     args = p.parse_args(own)
+    try:
+        curve = tuple(sorted({int(t) for t in args.curve.split(",") if t.strip()}))
+    except ValueError:
+        raise SystemExit(f"cv: --curve {args.curve!r} must be comma-separated step numbers") from None
     if "--cases" in recipe or "--holdout" in recipe or "--output" in recipe or "--resume" in recipe:
         raise SystemExit("cv: the recipe after -- must not choose --cases, --holdout, --output or --resume")
     earlier = args.output / "recipe.json"
@@ -200,9 +239,18 @@ def main(argv=None) -> int:
     results, status = {}, {}
     for case in folds:
         print(f"cv: fold {case} ({folds.index(case) + 1} of {len(folds)})", flush=True)
-        results[case] = run_fold(case, cases, args.data, args.output, recipe, args.threads)
+        by_step = run_fold(case, cases, args.data, args.output, recipe, args.threads, curve)
+        results[case] = by_step
         status[case] = organ_status(case, args.data, meta, unknown, args.output / f"fold_{case}" / "pred" /
                                     f"{case}.nii.gz")
+    if curve:
+        by_step = {s: summarise({c: r[s] for c, r in results.items()}, status) for s in curve}
+        by_step["final"] = summarise({c: r["final"] for c, r in results.items()}, status)
+        (args.output / "cv_curve.json").write_text(json.dumps({"folds": folds, "recipe": recipe, "steps": {
+            str(s): v for s, v in by_step.items()}}, indent=1) + "\n")
+        (args.output / "cv_curve.md").write_text(curve_markdown(by_step, folds))
+        print(curve_markdown(by_step, folds))
+    results = {c: r["final"] for c, r in results.items()}
     summary = summarise(results, status)
     table = markdown(summary, folds)
     (args.output / "cv.json").write_text(json.dumps({"folds": folds, "recipe": recipe, **summary}, indent=1) + "\n")

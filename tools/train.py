@@ -15,8 +15,8 @@ What this file promises:
   torch's AdamW default of 1e-2 is strong for a 0.4 M-parameter net on a few hundred slices).
 - Partial labels are handled with the marginal loss (see marginal_dice_ce_loss): an organ a case does not
   annotate is unknown there, never taught as background.
-- Augmentation runs in torch on the training device (see augment_batch); no left-right flip (organs are
-  sided).
+- Augmentation runs in torch on the training device (see augment_batch); a left-right flip (--flip) always
+  swaps the left/right organ labels with it, since organs are sided.
 - The checkpoint is {"spec", "state_dict", "config", "cases", "labels", "preprocessing"}: only plain
   Python types and tensors, so torch.load(weights_only=True) reads it.
 
@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -46,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from npunet.io.nifti import read_ct, write_labels  # noqa: E402
+from npunet.labels import mirror_labels  # noqa: E402
 from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, prepare_slices, square_window  # noqa: E402
 from tools.torch_model import build_model, load_spec  # noqa: E402
 
@@ -69,6 +71,9 @@ AUGMENT_DEFAULTS = {
     "shift": 0.1,               # uniform in [-0.1, 0.1] (0.1 is 46 HU with the default window)
     "p_gamma": 0.3,             # per sample: contrast x ** gamma (on [0, 1])
     "gamma": [0.7, 1.5],        # log-uniform
+    "p_flip": 0.0,              # per sample: left-right mirror, with the left/right organ labels swapped
+    "organ_shift": 0.0,         # per sample and organ: add a uniform shift in +-organ_shift (normalised units)
+                                # to the organ's voxels, as contrast phases move organs' HU apart (0: off)
 }
 
 
@@ -179,6 +184,7 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
 
         images   (N, 3, S, S) float32   prepare_slices output, exactly npunet's inference input
         labels   (N, S, S)    uint8     label slices through the same window, nearest resize
+        context_labels (N, 3, S, S) uint8  the labels of each input channel's slice (z-1, z, z+1, clamped)
         known    (N, num_classes) bool  per slice: background and the organs its case annotates
         presence (N, num_classes) bool  per slice: the labels it shows (for organ-balanced sampling)
         mm_per_pixel (N,) float32       in-plane size of one network pixel in mm (padded side x spacing / S),
@@ -193,7 +199,8 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
     if max(names) >= num_classes:
         raise SystemExit(f"train: dataset.json has label {max(names)} but the network has {num_classes} classes")
     size = int(params["input_size"])
-    images, labels, known, case_index, mm_per_pixel, annotated, counts = [], [], [], [], [], {}, {}
+    images, labels, context, known, case_index, mm_per_pixel, annotated, counts = [], [], [], [], [], [], {}, {}
+    ctx = int(params["context_slices"])
     for ci, case in enumerate(cases):
         t0 = time.perf_counter()
         img, lab = load_case(data_dir, case)
@@ -213,12 +220,17 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
         nx, ny, nz = view.data.shape
         sx, sy, _ = canonical_spacing(img.affine, params["orientation"])
         mm_per_pixel.append(torch.full((nz,), square_window(nx, ny).side * math.sqrt(sx * sy) / size))
+        case_labels = []
         for start in range(0, nz, chunk):
             zs = list(range(start, min(start + chunk, nz)))
             x, _ = prepare_slices(view.data, zs, params)
             images.append(torch.from_numpy(x))
             y = resize_labels_nearest(np.moveaxis(lview.data[:, :, zs], 2, 0), size)
-            labels.append(torch.from_numpy(y.astype(np.uint8)))
+            case_labels.append(torch.from_numpy(y.astype(np.uint8)))
+        case_labels = torch.cat(case_labels)
+        labels.append(case_labels)
+        taps = (torch.arange(nz)[:, None] + torch.arange(-ctx, ctx + 1)[None, :]).clamp(0, nz - 1)
+        context.append(case_labels[taps])
         mask = torch.zeros(num_classes, dtype=torch.bool)
         mask[0] = True
         mask[organs] = True
@@ -230,7 +242,8 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
                   f"organs {organs} ({time.perf_counter() - t0:.1f} s)")
     labels = torch.cat(labels)
     return {
-        "images": torch.cat(images), "labels": labels, "known": torch.cat(known).clone(),
+        "images": torch.cat(images), "labels": labels, "context_labels": torch.cat(context),
+        "known": torch.cat(known).clone(),
         "case_index": torch.cat(case_index), "mm_per_pixel": torch.cat(mm_per_pixel).float(),
         "presence": organ_presence(labels, num_classes), "cases": list(cases), "annotated": annotated,
         "label_names": names, "slices": counts,
@@ -288,17 +301,24 @@ def marginal_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, known: tor
     merged = ~known
     merged[:, 0] = True                                                     # (N, C): classes merged into 0
     logp = F.log_softmax(logits.float(), dim=1)                             # (N, C, H, W)
-    logp_merged = torch.logsumexp(logp.masked_fill(~merged[:, :, None, None], float("-inf")), dim=1)
     logp_target = logp.gather(1, target[:, None]).squeeze(1)                # (N, H, W)
-    target_merged = merged.gather(1, target.flatten(1)).view_as(target)     # label 0 or an unknown organ
-    ce = -torch.where(target_merged, logp_merged, logp_target).mean()
+    if bool(merged[:, 1:].any()):                                           # some organ unknown somewhere
+        logp_merged = torch.logsumexp(logp.masked_fill(~merged[:, :, None, None], float("-inf")), dim=1)
+        target_merged = merged.gather(1, target.flatten(1)).view_as(target) # label 0 or an unknown organ
+        ce = -torch.where(target_merged, logp_merged, logp_target).mean()
+    else:
+        ce = -logp_target.mean()
 
-    probs = logp.exp()[:, 1:]                                               # (N, C-1, H, W) organs only
-    onehot = F.one_hot(target, c).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
-    w = known[:, 1:].to(probs.dtype)                                        # (N, C-1)
-    tp = ((probs * onehot).sum((2, 3)) * w).sum(0)                          # (C-1,)
-    psum = (probs.sum((2, 3)) * w).sum(0)
-    gsum = (onehot.sum((2, 3)) * w).sum(0)
+    # Per sample and class: sum of p over the pixels labelled with the class (p at the target, scattered by
+    # label), of p over all pixels, and the pixel count; the same sums as with a one-hot target, 4x faster.
+    flat = target.flatten(1)                                                # (N, H*W)
+    tp_nc = logp.new_zeros((n, c)).scatter_add_(1, flat, logp_target.exp().flatten(1))
+    g_nc = logp.new_zeros((n, c)).scatter_add_(1, flat, torch.ones_like(flat, dtype=logp.dtype))
+    p_nc = logp.exp().sum((2, 3))                                           # (N, C)
+    w = known[:, 1:].to(logp.dtype)                                         # (N, C-1) organs only
+    tp = (tp_nc[:, 1:] * w).sum(0)                                          # (C-1,)
+    psum = (p_nc[:, 1:] * w).sum(0)
+    gsum = (g_nc[:, 1:] * w).sum(0)
     dice_c = (2 * tp + smooth) / (psum + gsum + smooth)
     valid = w.sum(0) > 0
     dice = 1 - dice_c[valid].mean() if bool(valid.any()) else logits.new_zeros(())
@@ -316,9 +336,12 @@ def identity_augment_params(n: int, device="cpu", cfg: dict = AUGMENT_DEFAULTS) 
 
 
 def sample_augment_params(n: int, generator: torch.Generator | None = None, device="cpu",
-                          cfg: dict = AUGMENT_DEFAULTS, mm_per_pixel: torch.Tensor | None = None) -> dict:
+                          cfg: dict = AUGMENT_DEFAULTS, mm_per_pixel: torch.Tensor | None = None,
+                          num_classes: int = 14) -> dict:
     """Random per-sample parameters; a sample skips a transform (gets its identity value) with 1 - p.
-    mm_per_pixel (n,): each sample's own pixel size, needed by the spacing-aware zoom (cfg["zoom_mm"])."""
+    mm_per_pixel (n,): each sample's own pixel size, needed by the spacing-aware zoom (cfg["zoom_mm"]).
+    With cfg["p_flip"] > 0 also "flip" (n,) bool; with cfg["organ_shift"] > 0 "organ_shift" (n, num_classes),
+    the value added to each label's voxels (0 for background)."""
     def u(lo, hi):
         return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
 
@@ -342,7 +365,14 @@ def sample_augment_params(n: int, generator: torch.Generator | None = None, devi
         scale = torch.where(aff, u(*cfg["scale"]), ident["scale"])
     reach = float(cfg.get("translate", 0.0)) + (1.0 - scale).clamp(min=0.0)
     translate = (2 * torch.rand(n, 2, generator=generator, device=device) - 1) * reach[:, None]
-    return {
+    extra = {}                      # drawn only when asked for, so older recipes keep their random streams
+    if cfg.get("p_flip", 0.0) > 0:
+        extra["flip"] = keep(cfg["p_flip"])
+    if cfg.get("organ_shift", 0.0) > 0:
+        extra["organ_shift"] = (2 * torch.rand(n, num_classes, generator=generator, device=device) - 1) \
+            * cfg["organ_shift"]
+        extra["organ_shift"][:, 0] = 0.0                                    # background keeps its values
+    return extra | {
         "scale": scale,
         "angle": torch.where(aff, u(-1.0, 1.0) * math.radians(cfg["rotate_deg"]), ident["angle"]),
         "translate": translate,
@@ -355,20 +385,32 @@ def sample_augment_params(n: int, generator: torch.Generator | None = None, devi
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
                   generator: torch.Generator | None = None, cfg: dict = AUGMENT_DEFAULTS,
-                  mm_per_pixel: torch.Tensor | None = None):
+                  mm_per_pixel: torch.Tensor | None = None, y_context: torch.Tensor | None = None,
+                  mirror: torch.Tensor | None = None):
     """x: (N, 3, H, W) float normalised image in [0, 1]; y: (N, H, W) int labels -> augmented (x, y), same
     shapes and dtypes, on x's device. params: from sample_augment_params (drawn here when None).
+    y_context (N, 3, H, W): the labels of x's three slices, needed by the organ shift; mirror (C,): the label
+    each label becomes in a mirror image (npunet.labels.mirror_labels), needed by the flip.
 
     Spatial: one sampling grid per sample = affine (zoom by `scale` about the centre, rotate by `angle`,
     then shift the result by `translate`, in units of the half-width) plus an elastic displacement (the coarse (g x g) random field upsampled bicubically to H x W), applied
     by F.grid_sample (align_corners=False, zero padding: 0 is air in the image and background in the
     labels) with mode bilinear for the image and nearest for the labels, so label values stay in the set.
-    Intensity, on the normalised image: x -> x ** gamma (contrast), then x * mult + shift.
-    No left-right flip: organs are sided.
+    Intensity, on the normalised image: first (params "organ_shift") each labelled organ's voxels moved by
+    their own value, as contrast phases move organs apart (kidney cortex, spleen and liver enhance at
+    different times); then x -> x ** gamma (contrast), then x * mult + shift.
+    Left-right mirror (params "flip"), last: axis H of the canonical slice runs across the body (RAS), so
+    the flipped slice is a mirrored body, and its labels are mirrored too (right kidney <-> left kidney,
+    right <-> left adrenal), keeping "right" on the patient's right of the image.
     """
     n, _, h, w = x.shape
     if params is None:
         params = sample_augment_params(n, generator, x.device, cfg, mm_per_pixel)
+    if "organ_shift" in params:
+        if y_context is None or y_context.shape != x.shape:
+            raise ValueError(f"the organ shift needs y_context of shape {tuple(x.shape)}")
+        shift = params["organ_shift"].to(x.dtype)                                              # (N, C)
+        x = x + shift.gather(1, y_context.flatten(1).long()).view_as(x)
     cos, sin = torch.cos(params["angle"]), torch.sin(params["angle"])
     inv = 1.0 / params["scale"]
     rot = torch.stack([torch.stack([cos * inv, -sin * inv], 1), torch.stack([sin * inv, cos * inv], 1)], 1)
@@ -385,6 +427,12 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
     ya = ya[:, 0].round().to(y.dtype)
     xa = xa.clamp(0.0, 1.0).pow(params["gamma"].to(x.dtype)[:, None, None, None])
     xa = xa * params["mult"].to(x.dtype)[:, None, None, None] + params["shift"].to(x.dtype)[:, None, None, None]
+    if "flip" in params and bool(params["flip"].any()):
+        if mirror is None:
+            raise ValueError("the left-right flip needs the mirror table of the labels")
+        f = params["flip"]
+        xa = torch.where(f[:, None, None, None], xa.flip(-2), xa)
+        ya = torch.where(f[:, None, None], mirror.to(ya.device)[ya.flip(-2).long()].to(ya.dtype), ya)
     return xa, ya
 
 
@@ -451,6 +499,7 @@ class OrganSampler:
 
 
 SAMPLERS = ("uniform", "organs")
+PRECISIONS = ("fp32", "bf16")
 
 
 class Trainer:
@@ -469,9 +518,11 @@ class Trainer:
     def __init__(self, dataset: dict, spec: dict, *, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
                  weight_decay: float = 1e-4, steps_per_epoch: int | None = None, augment: bool = True,
                  augment_cfg: dict = AUGMENT_DEFAULTS, sampling: str = "uniform", p_organ: float = 0.5,
-                 device="cpu", seed: int = 0):
+                 device="cpu", seed: int = 0, precision: str = "fp32"):
         if sampling not in SAMPLERS:
             raise ValueError(f"sampling {sampling!r} is not one of {SAMPLERS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
         seed_everything(seed)
         self.device = torch.device(device)
         if self.device.type == "cuda":
@@ -479,6 +530,11 @@ class Trainer:
         self.model = build_model(spec).to(self.device)
         self.images = dataset["images"].to(self.device)
         self.labels = dataset["labels"].to(self.device)
+        self.context_labels = (dataset["context_labels"].to(self.device)
+                               if augment and augment_cfg.get("organ_shift", 0.0) > 0 else None)
+        self.mirror = torch.tensor(mirror_labels(dataset["label_names"]), device=self.device)
+        self.num_classes = int(spec["num_classes"])
+        self.precision = precision
         self.known = dataset["known"].to(self.device)
         self.mm_per_pixel = dataset.get("mm_per_pixel")
         n = self.images.shape[0]
@@ -506,8 +562,18 @@ class Trainer:
         x, y, k = self.images[idx], self.labels[idx].long(), self.known[idx]
         if self.augment:
             mm = self.mm_per_pixel[idx.cpu()] if self.mm_per_pixel is not None else None
-            x, y = augment_batch(x, y, generator=self.aug_gen, cfg=self.augment_cfg, mm_per_pixel=mm)
-        loss, dice, ce = marginal_dice_ce_loss(self.model(x), y, k)
+            params = sample_augment_params(len(idx), self.aug_gen, self.device, self.augment_cfg, mm,
+                                           self.num_classes)
+            yc = self.context_labels[idx] if self.context_labels is not None else None
+            x, y = augment_batch(x, y, params, cfg=self.augment_cfg, y_context=yc, mirror=self.mirror)
+            if "flip" in params:                # a mirrored slice annotates the mirrored organs
+                k = torch.where(params["flip"][:, None], k[:, self.mirror], k)
+        if self.precision == "bf16":            # autocast: convs in bfloat16, weights and loss in float32
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                logits = self.model(x)
+        else:
+            logits = self.model(x)
+        loss, dice, ce = marginal_dice_ce_loss(logits, y, k)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -642,6 +708,17 @@ def _save_checkpoint(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def parse_steps(text) -> set[int]:
+    """'2000,5000' -> {2000, 5000} (None or '' -> empty)."""
+    try:
+        steps = {int(t) for t in str(text or "").split(",") if t.strip()}
+    except ValueError:
+        raise SystemExit(f"train: --keep-steps {text!r} must be comma-separated step numbers") from None
+    if any(s < 1 for s in steps):
+        raise SystemExit(f"train: --keep-steps {text!r}: steps start at 1")
+    return steps
+
+
 def _plain(v):
     """args values as plain JSON-able / weights_only-loadable Python types."""
     if isinstance(v, Path):
@@ -655,7 +732,8 @@ def _plain(v):
 
 # The options that define what is trained; a resumed run takes them from its checkpoint.
 RECIPE_OPTIONS = ("data", "cases", "holdout", "unknown", "spec", "epochs", "steps_per_epoch", "batch_size", "lr",
-                  "weight_decay", "no_augment", "scale", "zoom_mm", "translate", "sampling", "p_organ", "seed")
+                  "weight_decay", "no_augment", "scale", "zoom_mm", "translate", "sampling", "p_organ", "seed",
+                  "flip", "organ_shift_hu", "precision")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -704,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of organ-drawn samples with --sampling organs (default: %(default)s)")
     m.add_argument("--no-augment", action="store_true",
                    help="train without augmentation (default: random scale 0.8-1.2, rotation +-15 deg, "
-                        "elastic, intensity shift/scale and gamma; never a left-right flip)")
+                        "elastic, intensity shift/scale and gamma; a left-right flip only with --flip)")
     m.add_argument("--scale", type=float, nargs=2, default=AUGMENT_DEFAULTS["scale"], metavar=("LO", "HI"),
                    help="range of the random zoom factor, whatever the scan's spacing (default: %(default)s); "
                         "replaced by --zoom-mm when that is given")
@@ -715,6 +793,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--translate", type=float, default=AUGMENT_DEFAULTS["translate"], metavar="T",
                    help="random shift of up to T half-widths, plus the margin a zoomed-out slice leaves "
                         "(default: %(default)s)")
+    m.add_argument("--flip", type=float, default=AUGMENT_DEFAULTS["p_flip"], metavar="P",
+                   help="left-right mirror each sample with probability P, the left/right organ labels swapped "
+                        "with it (kidneys, adrenal glands), so a right kidney stays on the patient's right "
+                        "(default: %(default)s, never)")
+    m.add_argument("--organ-shift-hu", type=float, default=0.0, metavar="HU",
+                   help="per sample, move each labelled organ's voxels by its own uniform shift in +-HU, as "
+                        "contrast phases move organs' HU apart (default: %(default)s, off)")
+    m.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: the forward under torch.autocast in bfloat16 (weights, optimiser and loss stay "
+                        "float32): 1.4x faster steps on CPUs with native bfloat16 (AVX512-BF16 or AMX), slower "
+                        "elsewhere (default: %(default)s)")
     m.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed for python, numpy and torch (init, batch order, augmentation) (default: %(default)s)")
     r = p.add_argument_group("run")
@@ -732,6 +821,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="MIN",
                    help="write checkpoint.pt at least every MIN minutes, at every epoch's end and at exit "
                         "(default: %(default)s)")
+    r.add_argument("--keep-steps", default=None, metavar="N[,N...]",
+                   help="also keep the checkpoint of these steps as checkpoint_stepN.pt (a learning curve from "
+                        "one run: tools/cv.py --curve scores each)")
     r.add_argument("--run-steps", type=int, default=None, metavar="N",
                    help="stop after N steps in this run (checkpointed; --resume goes on): train in slices")
     return p
@@ -767,7 +859,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     path = Path(args.resume) / "checkpoint.pt"
     if not path.is_file():
         raise SystemExit(f"train: --resume {args.resume}: no checkpoint.pt there")
-    saved = torch.load(path, map_location="cpu", weights_only=True)["config"].get("recipe")
+    saved_config = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    saved = saved_config.get("recipe")
+    explicit_defaults = {a.dest: a.default for a in build_parser()._actions}   # for options newer than the run
     if saved is None:
         raise SystemExit(f"train: {path} holds no recipe to resume (written by an older train.py)")
     explicit = build_parser()                               # the same options, without defaults: what was given
@@ -778,7 +872,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if key in given and _plain(given[key]) != saved.get(key):
             raise SystemExit(f"train: --{key.replace('_', '-')} {_plain(given[key])!r} differs from the resumed "
                              f"run's {saved.get(key)!r}; leave it out to resume")
-        setattr(args, key, Path(saved[key]) if key == "data" else saved.get(key))
+        default = explicit_defaults.get(key)
+        setattr(args, key, Path(saved[key]) if key == "data" else saved.get(key, default))
+    if "keep_steps" not in given:
+        args.keep_steps = saved_config.get("keep_steps")
     args.output = Path(args.resume)
     return args
 
@@ -791,6 +888,11 @@ def main(argv=None) -> int:
         raise SystemExit("train: --epochs, --batch-size and --steps-per-epoch must be >= 1")
     if args.run_steps is not None and args.run_steps < 1:
         raise SystemExit("train: --run-steps must be >= 1")
+    keep_steps = parse_steps(args.keep_steps)
+    if not 0.0 <= args.flip <= 1.0:
+        raise SystemExit(f"train: --flip {args.flip} is not in [0, 1]")
+    if args.organ_shift_hu < 0:
+        raise SystemExit(f"train: --organ-shift-hu {args.organ_shift_hu} must be >= 0")
     if not 0.0 <= args.p_organ <= 1.0:
         raise SystemExit(f"train: --p-organ {args.p_organ} is not in [0, 1]")
     if args.zoom_mm is not None and not 0 < args.zoom_mm[0] <= args.zoom_mm[1]:
@@ -821,11 +923,13 @@ def main(argv=None) -> int:
     dataset = build_dataset(args.data, cases, params, unknown, num_classes=spec["num_classes"])
     n = dataset["images"].shape[0]
     augment_cfg = {**AUGMENT_DEFAULTS, "scale": list(args.scale), "translate": float(args.translate),
-                   "zoom_mm": list(args.zoom_mm) if args.zoom_mm is not None else None}
+                   "zoom_mm": list(args.zoom_mm) if args.zoom_mm is not None else None,
+                   "p_flip": float(args.flip),
+                   "organ_shift": float(args.organ_shift_hu) / float(params["hu_max"] - params["hu_min"])}
     trainer = Trainer(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
                       augment=not args.no_augment, augment_cfg=augment_cfg, sampling=args.sampling,
-                      p_organ=args.p_organ, device=args.device, seed=args.seed)
+                      p_organ=args.p_organ, device=args.device, seed=args.seed, precision=args.precision)
     config = {**{k: _plain(v) for k, v in vars(args).items() if k not in ("resume", "output")},
               "recipe": {k: _plain(getattr(args, k)) for k in RECIPE_OPTIONS}, "output": str(out_dir), "spec_name": spec.get("name"), "num_slices": n,
               "slices_per_case": dataset["slices"], "annotated": {c: v for c, v in dataset["annotated"].items()},
@@ -871,9 +975,12 @@ def main(argv=None) -> int:
                 line = json.dumps(trainer.history[-1])
                 with log_path.open("a") as f:
                     f.write(line + "\n")
-            if end_of_epoch or time.perf_counter() - last_saved > 60 * args.checkpoint_minutes:
+            if end_of_epoch or time.perf_counter() - last_saved > 60 * args.checkpoint_minutes \
+                    or trainer.step in keep_steps:
                 checkpoint()
                 last_saved = time.perf_counter()
+            if trainer.step in keep_steps:
+                shutil.copyfile(ckpt_path, out_dir / f"checkpoint_step{trainer.step}.pt")
             if args.run_steps is not None and steps_this_run >= args.run_steps:
                 break
         progress.close()
