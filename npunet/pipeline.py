@@ -21,12 +21,32 @@ from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, check_preprocess
 from npunet.resources import available_memory, format_bytes
 
 
+def logits_to_labels(logits: np.ndarray, window) -> np.ndarray:
+    """(B, C, S, S) logits -> (B, height, width) uint8 labels of the native slices: bilinear upsampling to
+    the padded square, crop, argmax, fused (npunet.kernels.upsample_argmax)."""
+    return upsample_argmax(logits, window.side, window.side, window.y0, window.x0, window.height, window.width)
+
+
+def slice_batches(volume: np.ndarray, params: dict, batch_size: int, prepare=prepare_slices):
+    """The one loop over a canonical (X, Y, Z) volume's axial slices: yields (zs, x, window) per batch of at
+    most batch_size slices, x = prepare(volume, zs, params) the network input (B, C, S, S) and window where
+    the native slice sits in its padded square (npunet.preprocess.prepare_slices; a port can pass its own)."""
+    nz = volume.shape[2]
+    for start in range(0, nz, batch_size):
+        zs = np.arange(start, min(start + batch_size, nz))
+        x, window = prepare(volume, zs, params)
+        yield zs, x, window
+
+
 def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: int = 8,
-                  postprocess: bool = True, progress=None, timings: dict | None = None) -> np.ndarray:
+                  postprocess: bool = True, progress=None, timings: dict | None = None, *,
+                  prepare=prepare_slices, to_labels=logits_to_labels) -> np.ndarray:
     """(X, Y, Z) HU volume with its affine -> uint8 labels of the same shape, in the same array order.
 
-    progress(done, total) is called after each batch of slices; `timings`, if given, receives the seconds
-    spent per stage ("preprocess", "network", "upsample_argmax", "postprocess"). The batch is at most the
+    model(x) maps a batch (B, C, S, S) float32 to logits (B, classes, S, S) (an npunet Network, or any
+    callable: tools/torch_pipeline.py runs the torch mirror through this same loop, with its own `prepare`
+    and `to_labels`). progress(done, total) is called after each batch of slices; `timings`, if given,
+    receives the seconds spent per stage ("preprocess", "network", "upsample_argmax", "postprocess"). The batch is at most the
     number of slices; the memory it needs is checked against what is available before anything is
     allocated (ResourceError naming the largest batch that fits), the model's preprocessing values are
     checked (npunet.preprocess.check_preprocessing), and NaN/Inf logits stop the run (NpunetError) rather
@@ -46,10 +66,8 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
     batch_size = min(int(batch_size), nz)
     check_batch_memory((nx, ny, nz), batch_size, params, spec)
     labels = np.empty((nz, nx, ny), dtype=np.uint8)          # slice-major while filling
-    for start in range(0, nz, batch_size):
-        zs = np.arange(start, min(start + batch_size, nz))
-        t0 = time.perf_counter()
-        x, win = prepare_slices(view.data, zs, params)
+    t0 = time.perf_counter()
+    for zs, x, win in slice_batches(view.data, params, batch_size, prepare):
         t1 = time.perf_counter()
         logits = model(x)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -58,13 +76,14 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
             raise NpunetError(f"the network produced NaN or Inf logits for slices {zs[0]}..{zs[-1]}: the weights "
                               f"overflow on this input (are they broken?)")
         t2 = time.perf_counter()
-        labels[zs] = upsample_argmax(logits, win.side, win.side, win.y0, win.x0, win.height, win.width)
+        labels[zs] = to_labels(logits, win)
         t3 = time.perf_counter()
         clock["preprocess"] += t1 - t0
         clock["network"] += t2 - t1
         clock["upsample_argmax"] += t3 - t2
         if progress is not None:
             progress(int(zs[-1]) + 1, nz)
+        t0 = time.perf_counter()
     out = np.ascontiguousarray(view.back(labels.transpose(1, 2, 0)))
     if postprocess and int(params.get("closing_radius", 0)) > 0:
         from npunet.postprocess import close_labels
