@@ -15,13 +15,14 @@ import sys
 
 from npunet import signals
 from npunet.errors import NpunetError, Terminated
+from npunet.text import one_line
 
 COMMANDS = {
-    "segment": ("npunet.segment_cli", "segment a CT (NIfTI file, DICOM folder, or folder of cases) into 13 organs"),
-    "evaluate": ("npunet.evaluate", "score label maps against ground truth with the FLARE DSC / NSD protocol"),
-    "summary": ("npunet.summary", "per-layer shapes, parameters and multiply-adds of a network"),
-    "explain": ("npunet.explain_cli", "follow one CT slice through the network, as an HTML page with pictures"),
-    "tune": ("npunet.tune_cli", "measure this machine's convolution work sizes again and store them"),
+    "segment": ("npunet.commands.segment", "segment a CT (NIfTI file, DICOM folder, or folder of cases) into 13 organs"),
+    "evaluate": ("npunet.commands.evaluate", "score label maps against ground truth with the FLARE DSC / NSD protocol"),
+    "summary": ("npunet.commands.summary", "per-layer shapes, parameters and multiply-adds of a network"),
+    "explain": ("npunet.commands.explain", "follow one CT slice through the network, as an HTML page with pictures"),
+    "tune": ("npunet.commands.tune", "measure this machine's convolution work sizes again and store them"),
 }
 
 
@@ -29,14 +30,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, with a bad option reported as one line (and exit code 2) instead of usage text + error."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message, limit=None)} (see {self.prog} --help)\n")
 
-
-def one_line(text) -> str:
-    """`text` on one line: line breaks and other control characters shown escaped (a file name may hold
-    them), so that an error is always exactly one line."""
-    text = str(text)
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -54,7 +49,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, **inject) -> int:
+    """Run one `npunet` command line; its exit code. `inject` passes stand-ins to the command's run (e.g.
+    model= and segment_volume= to `npunet segment`, for tests): arguments, never patched modules."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     command = command if command in COMMANDS else None
@@ -66,27 +63,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from npunet.third_party import captured
         with captured(process=True) as notes:
-            code = int(importlib.import_module(args._module).run(args) or 0)
+            code = int(importlib.import_module(args._module).run(args, **inject) or 0)
         signals.raise_pending()            # a signal whose exception was swallowed on the way
         for note in notes.messages:        # the libraries' own words, one line each, after a run that ended
-            print(f"npunet {args.command}: warning: {one_line(note)}", file=sys.stderr)
+            print(f"npunet {args.command}: warning: {one_line(note, limit=None)}", file=sys.stderr)
         return code
     except NpunetError as exc:
-        print(f"npunet {command}: error: {one_line(exc)}", file=sys.stderr)
+        print(f"npunet {command}: error: {one_line(exc, limit=None)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as exc:
         from npunet.signals import finish_interrupted
         return finish_interrupted(exc, command)
 
 
-def console(argv: list[str] | None = None) -> int:
+def console(argv: list[str] | None = None, **inject) -> int:
     """The `npunet` console script: signal handling first (npunet.signals), main(), then skip the
     interpreter's final garbage collection. Numba leaves many compiler objects behind and collecting them
     made exit a noticeable part of a short run (see the start-up figures in the README); gc.freeze() marks
     them permanent, so exit is immediate."""
     signals.install()
     try:
-        code = main(argv)
+        code = main(argv, **inject)
         signals.ignore()                                # done and published: a late signal changes nothing
     except (KeyboardInterrupt, Terminated) as exc:      # one that came before main could handle it
         return signals.finish_interrupted(exc, None)

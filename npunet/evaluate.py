@@ -5,8 +5,8 @@ The challenge's own rules, reimplemented (its helper file no longer imports on N
   - aorta (5), inferior vena cava (6) and esophagus (10) are scored on the ground truth's z-range only:
     gt[:, :, z_lo:z_hi] and pred[:, :, z_lo:z_hi], z the last array axis, z_lo / z_hi the lowest / highest
     slice holding the organ in the ground truth. The slice z_hi itself is left out, as the official code
-    does. (An organ on a single slice leaves an empty slab: the official code then gives NaN, and so do we;
-    means skip NaN, as the official pandas means do.)
+    does. (An organ on a single slice leaves an empty slab, where the official code stops with "zero-size
+    array" and defines no value; npunet gives NaN there, and means skip NaN, as the official pandas means do.)
   - DSC = 2|A and B| / (|A| + |B|); if DSC < 0.2 then NSD = 0, else NSD is the normalized surface Dice at
     the organ's tolerance (npunet.labels.NSD_TOLERANCE_MM) with the ground truth's voxel spacing, by the
     surfel method of npunet.surface;
@@ -30,10 +30,12 @@ import numpy as np
 from scipy import ndimage
 
 from npunet.errors import InputError, NpunetError
-from npunet.io.nifti import is_nifti_name, one_line, open_image, strip_nifti_suffix
+from npunet.io.nifti import is_nifti_name, open_image, strip_nifti_suffix
 from npunet.io.validate import check_same_grid
 from npunet.labels import LABELS, NSD_TOLERANCE_MM, ORGANS
-from npunet.publish import atomic_write, check_writable
+from npunet.io.paths import check_output_file, make_parent
+from npunet.publish import atomic_write
+from npunet.text import one_line
 from npunet.surface import surface_dice
 
 Z_RANGE_LABELS = (5, 6, 10)  # aorta, inferior vena cava, esophagus: scored on the gt's z-range only
@@ -328,47 +330,15 @@ def _jsonable(obj):
 
 
 def check_json_path(path: str | os.PathLike, inputs=()) -> Path:
-    """Refuse, before scoring, a --json path we should not write: not ending in .json (a slip such as
-    `--json gt.nii.gz` would replace the ground truth), one of the inputs, a folder, or in a folder that does
-    not exist or is not writable."""
-    path = Path(path)
-    if not path.name.lower().endswith(".json"):
-        raise InputError(f"{path}: the report name must end in .json")
-    for other in inputs:
-        if Path(other).exists() and path.exists() and os.path.samefile(path, other):
-            raise InputError(f"{path}: is one of the inputs; choose another name for the report")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a .json file name")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: the folder {path.parent} does not exist")
-    check_writable(path)
-    return path
+    """Refuse, before scoring, a --json path we should not write (npunet.io.paths.check_output_file): not
+    ending in .json (a slip such as `--json gt.nii.gz` would replace the ground truth), one of the inputs, a
+    folder, or in a folder that cannot be created or written. An existing report is replaced."""
+    return check_output_file(path, inputs, overwrite=True, suffixes=(".json",), what="the report")
 
 
 def write_json(result: dict, path: str | os.PathLike) -> Path:
     """Write the result as JSON (NaN as null) to a temporary name beside `path`, then rename it into place."""
     path = check_json_path(path)
+    make_parent(path)
     text = json.dumps(_jsonable(result), indent=1, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-# ----------------------------------------------------------------------------------------- command --
-
-def add_arguments(parser) -> None:
-    parser.add_argument("pred", metavar="PRED", help="predicted label map (.nii.gz) or a folder of CASE.nii.gz")
-    parser.add_argument("gt", metavar="GT", help="ground-truth label map or folder; its header gives the spacing")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the numbers to this JSON file")
-    parser.add_argument("--labels", metavar="1,2,3",
-                        help="organs to score, by id or name (default: all 13)")
-
-
-def run(args) -> int:
-    """Print the tables; exit 0, or 1 when a case of a folder could not be scored."""
-    labels = parse_labels(args.labels)
-    if args.json:
-        check_json_path(args.json, inputs=(args.pred, args.gt))
-    result = evaluate_paths(args.pred, args.gt, labels)
-    print(format_report(result))
-    if args.json:
-        write_json(result, args.json)
-    return 1 if result["errors"] else 0

@@ -1,25 +1,25 @@
 """The U-Net, built from its spec and run with npunet's kernels.
 
-`Network(spec, tensors)` walks `npunet.spec.layer_plan(spec)`: every layer is one kernel call on NCHW float32
-arrays, and its tensors are looked up by the torch module path (`encoder.1.convs.0.pointwise.weight`), so
-there is no hand-written mapping between torch and npunet. `Network.run_layers(x)` is the public
-per-layer hook: it yields a LayerStep per layer (its output and wall time; with keep=True also a copy of
-its input, an ECA layer's gates and a GroupNorm's per-group statistics), for teaching (`npunet explain`),
-profiling (docs/profile_layers.py) and debugging parity; `Network.trace(x)` is its short form, the list of
-(layer, output).
+Read `Network.forward_plain` first: the architecture as the paper draws it, one kernel call per layer. The
+encoder stages (a 2x2 max-pool from the second stage on, two conv units, each a depthwise-separable or dense
+3x3 conv followed by GroupNorm + ReLU, then ECA), the last of them the bottleneck; the decoder stages
+(upsample x2, concatenate the encoder's skip, two conv units); the 1x1 head. Every tensor's name is the torch
+module path that owns its weights (`encoder.1.convs.0.pointwise.weight`), so a torch state_dict loads by name
+alone (npunet.spec.expected_tensors).
 
-Memory: every layer writes into a buffer that the network keeps and reuses from call to call (writing
-never-touched memory is slow, and a batch loop would otherwise allocate ~70 fresh arrays per call).
-GroupNorm+ReLU and ECA run in place; the bilinear upsample writes straight into its concat buffer, after
-the skip (kernels.upsample_concat). Two intermediate tensors that only feed a Winograd conv are not written
-at all by `net(x)`: a concat (the conv reads the skip and upsamples the low-resolution rows as it goes,
-conv3x3_winograd's `low`) and a GroupNorm+ReLU output (the conv normalises its input rows as it reads
-them, `norm_relu`; the head's 1x1 conv does the same for the last GroupNorm+ReLU); all bit-identical, and `trace` builds them, to show them. Only the returned logits
-are a fresh array. Buffers are shared by layers whose
-outputs are never alive at the same time (Network._buffer: a layer's output goes to an arena array that
-neither its inputs nor a saved skip occupy), per thread, so one Network may serve several threads; they grow
-to the largest batch seen (a smaller batch uses a leading part). For the default model at 192x192 they hold
-about 9 MB per slice of batch (one buffer per layer would be 37 MB).
+`net(x)` computes the same logits faster: it runs the fused list of steps that npunet.steps compiles once from
+the layer plan, each step naming its kernel and the values it reads (bit-identical to the plain forward;
+tests/test_network.py ties them together). `Network.run_layers(x)` is the public per-layer hook: it yields a
+LayerStep per layer (its output and wall time; with keep=True also a copy of its input, an ECA layer's gates
+and a GroupNorm's per-group statistics), for teaching (`npunet explain`), profiling (docs/profile_layers.py)
+and debugging parity; `Network.trace(x)` is its short form, the list of (layer, output).
+
+Memory: every step writes into a buffer that the network keeps and reuses from call to call (writing
+never-touched memory is slow, and a batch loop would otherwise allocate ~70 fresh arrays per call). GroupNorm
++ReLU and ECA run in place. Buffers are shared by steps whose outputs are never alive at the same time
+(Network._buffer: a step's output goes to an arena array that none of the values still to be read occupies),
+per thread, so one Network may serve several threads; they grow to the largest batch seen (a smaller batch
+uses a leading part). Only the returned logits are a fresh array.
 
     net = npunet.load()                    # the shipped weights, or npunet.load("my.npuw")
     logits = net(x)                        # x (N, 3, H, W) float32 -> (N, 14, H, W) float32
@@ -38,8 +38,8 @@ from typing import Iterator
 import numpy as np
 
 from npunet import kernels as K
-from npunet import tuning
 from npunet.spec import Layer, expected_tensors, layer_plan
+from npunet.steps import Step, compile_steps
 
 
 @dataclass
@@ -47,8 +47,8 @@ class LayerStep:
     """One layer of a forward pass, as Network.run_layers yields it. Arrays are (N, C, H, W) unless noted.
 
     output      the layer's output: with keep=True a copy; without, the network's own buffer, valid only
-                until the next layer runs (and, where the fused path leaves a step to the next conv, the
-                step's input unchanged: see Network.run_layers)
+                until the next layer runs (and, where the fused path leaves a layer's work to the next conv,
+                the layer's input unchanged: see npunet.steps)
     seconds     wall time of the layer's kernel call(s) (copies and the extras below not included)
     input       keep=True only: the layer's input, i.e. the previous step's output (the network input for
                 the first layer; a concat also reads the skip saved by its encoder stage)
@@ -67,9 +67,17 @@ class LayerStep:
     group_std: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Stage:
+    """The layers of one stage of the U-Net, grouped for the plain forward."""
+    down: Layer | None              # encoder: the max-pool (None for the first stage); decoder: upsample/transpose
+    units: tuple[tuple[Layer, ...], ...]    # conv units: (conv or depthwise[, norm], pointwise, norm)
+    eca: Layer | None = None        # encoder only
+
+
 class Network:
     def __init__(self, spec: dict, tensors: dict[str, np.ndarray], labels: dict | None = None,
-                 preprocessing: dict | None = None, metadata: dict | None = None):
+                 preprocessing: dict | None = None, metadata: dict | None = None, weights_sha256: str | None = None):
         want = expected_tensors(spec)
         missing = [k for k in want if k not in tensors]
         if missing:
@@ -80,26 +88,72 @@ class Network:
         self.labels = {int(k): v for k, v in (labels or {}).items()}
         self.preprocessing = dict(preprocessing or {})
         self.metadata = dict(metadata or {})
+        self.weights_sha256 = weights_sha256          # the weights file's SHA-256, when loaded from one
         self.groups = spec["norm"]["groups"]
         self.eps = float(spec["norm"]["eps"])
         self.align_corners = bool(spec["upsample"].get("align_corners", False))
         self.downsampling = 2 ** (len(spec["encoder"]) - 1)
-        self._local = threading.local()        # per-thread layer buffers, see _buffer
-        tuning.tiles()                         # this machine's work sizes: stored, or measured once (~1 s)
+        self.encoder, self.decoder = _stages(self.plan, "encoder"), _stages(self.plan, "decoder")
+        self.fused = compile_steps(self.plan, fuse=True)         # net(x), run_layers(x)
+        self.unfused = compile_steps(self.plan, fuse=False)      # run_layers(x, keep=True), trace(x)
         self.winograd = {layer.name: K.winograd_weights(self.tensors[f"{layer.name}.weight"])   # transformed once
                          for layer in self.plan if layer.op == "conv3x3"}
+        self._local = threading.local()        # per-thread layer buffers, see _buffer
 
     @property
     def num_classes(self) -> int:
         return self.spec["num_classes"]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W), float32."""
+    # ------------------------------------------------------------------------------ the architecture --
+
+    def forward_plain(self, x: np.ndarray) -> np.ndarray:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W): the U-Net read top to bottom, one kernel
+        call per layer, every intermediate tensor a new array. net(x) gives the same logits, faster."""
         x = self._check_input(x)
-        skips: dict = {}
-        for i, layer in enumerate(self.plan):
-            x = self._apply(i, layer, x, skips, fuse=True)
+        skips = []
+        for stage in self.encoder:                         # the last encoder stage is the bottleneck
+            if stage.down is not None:
+                x = K.max_pool2x2(x)
+            for unit in stage.units:
+                x = self._conv_unit(unit, x)
+            if stage.eca is not None:
+                x = K.eca(x, self.tensors[f"{stage.eca.name}.conv.weight"])
+            skips.append(x)
+        skips.pop()                                        # the bottleneck's output is upsampled, not skipped
+        for stage in self.decoder:
+            if stage.down.op == "transpose":
+                x = K.conv_transpose2x2(x, self.tensors[f"{stage.down.name}.weight"],
+                                        self.tensors[f"{stage.down.name}.bias"])
+            else:
+                x = K.upsample_bilinear2x(x, self.align_corners)
+            x = K.concat_channels(skips.pop(), x)          # [skip, upsampled] on channels
+            for unit in stage.units:
+                x = self._conv_unit(unit, x)
+        return K.pointwise_conv(x, self.tensors["head.weight"], self.tensors["head.bias"])
+
+    def _conv_unit(self, unit: tuple[Layer, ...], x: np.ndarray) -> np.ndarray:
+        """A conv (dense 3x3, or depthwise 3x3 then pointwise 1x1) with GroupNorm + ReLU after it."""
+        t = self.tensors
+        for layer in unit:
+            w = t.get(f"{layer.name}.weight")
+            if layer.op == "conv3x3":
+                x = K.conv3x3(x, w, winograd_weights=self.winograd[layer.name])
+            elif layer.op == "depthwise":
+                x = K.depthwise_conv3x3(x, w)
+            elif layer.op == "pointwise":
+                x = K.pointwise_conv(x, w)
+            else:                                          # norm_relu
+                x = K.group_norm(x, w, t[f"{layer.name}.bias"], self.groups, self.eps, relu=True)
         return x
+
+    # ----------------------------------------------------------------------------- the fast forward --
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W), float32: the fused steps."""
+        values = {"input": self._check_input(x)}
+        for step in self.fused:
+            self._run_step(step, values)
+        return values["head"]
 
     def trace(self, x: np.ndarray) -> list[tuple[Layer, np.ndarray]]:
         """Every layer with a copy of its output, in execution order (for teaching and parity debugging)."""
@@ -108,39 +162,120 @@ class Network:
     def run_layers(self, x: np.ndarray, keep: bool = False) -> Iterator[LayerStep]:
         """The forward pass of x (N, in_channels, H, W), one LayerStep per layer of self.plan, in order.
 
-        keep=False runs exactly what net(x) runs (same kernels, same buffers, same fusions), for timing it
-        layer by layer: an upsample+concat or a GroupNorm+ReLU that feeds a Winograd conv (or, for the
-        GroupNorm+ReLU, the head) is left to that conv (those steps take ~0 s and yield their input unchanged; their work is timed in the conv).
-        keep=True runs every step on its own, so every output is there to look at (bit-identical results:
-        the last output equals net(x)), and fills the LayerStep's input, gate and group statistics."""
-        x = self._check_input(x)
-        before = x                     # with keep: a copy of the current layer's input (layers run in place)
-        skips: dict = {}
-        for i, layer in enumerate(self.plan):
-            gate = np.empty(x.shape[:2], np.float32) if keep and layer.op == "eca" else None
+        keep=False runs exactly what net(x) runs (the fused steps: same kernels, same buffers), for timing it
+        layer by layer; a layer whose work the fused path leaves to the next conv takes ~0 s and yields its
+        input unchanged (its work is timed in that conv). keep=True runs the unfused steps, so every output is
+        there to look at (bit-identical: the last output equals net(x)), and fills the LayerStep's input,
+        gate and group statistics."""
+        values = {"input": self._check_input(x)}
+        before = values["input"]      # with keep: a copy of the current layer's input (layers run in place)
+        for i, step in enumerate(self.unfused if keep else self.fused):
+            gate = np.empty(before.shape[:2], np.float32) if keep and step.kernel == "eca" else None
             t0 = time.perf_counter()
-            x = self._apply(i, layer, x, skips, fuse=not keep, gate=gate)
+            self._run_step(step, values, gate=gate)
             seconds = time.perf_counter() - t0
+            output = values[step.shows]
             if not keep:
-                yield LayerStep(i, layer, x, seconds)
+                yield LayerStep(i, step.layer, output, seconds)
                 continue
-            step = LayerStep(i, layer, x.copy(), seconds, input=before, gate=gate)
-            if layer.op == "norm_relu":
-                step.group_mean, step.group_std = K.group_norm_statistics(before, self.groups)
-            before = step.output
-            yield step
+            shown = LayerStep(i, step.layer, output.copy(), seconds, input=before, gate=gate)
+            if step.kernel == "norm_relu":
+                shown.group_mean, shown.group_std = K.group_norm_statistics(before, self.groups)
+            before = shown.output
+            yield shown
 
-    def _buffer(self, shape: tuple, busy: tuple) -> np.ndarray:
-        """A reusable output buffer of `shape` (N, C, H, W) that overlaps none of the `busy` arrays (the layer's
-        inputs and the saved skips): a leading part of one of the thread's arena arrays, the smallest free one
-        that fits (a free one too small is replaced by a larger one). Buffers are shared by layers whose
-        outputs are never alive at once, so the arena holds a few tensors, not one per layer; the same
-        sequence of calls picks the same arrays every time, so after the first call nothing is allocated."""
+    def _run_step(self, step: Step, values: dict, gate=None) -> None:
+        """Run one step: read its inputs from `values`, write its outputs there."""
+        args = [values[name] for name in step.inputs]
+        busy = args + [values[name] for name in step.alive_after if name in values]
+        result = getattr(self, f"_{step.kernel}")(step.layer, busy, *args, **({"gate": gate} if gate is not None
+                                                                               else {}))
+        if len(step.outputs) == 1:
+            values[step.outputs[0]] = result
+        else:
+            values.update(zip(step.outputs, result))
+
+    # One method per kernel a step can name: (layer, busy arrays, *inputs) -> output(s). `busy` are the arrays a
+    # new output must not overlap (the step's inputs and every value a later step reads).
+
+    def _conv3x3(self, layer, busy, x):
+        return K.conv3x3(x, self.tensors[f"{layer.name}.weight"], out=self._out(layer, x, busy),
+                         winograd_weights=self.winograd[layer.name])
+
+    def _conv3x3_winograd_normalised(self, layer, busy, x, coefficients):     # relu(group_norm(x)) read as it goes
+        return K.conv3x3_winograd(x, self.tensors[f"{layer.name}.weight"], out=self._out(layer, x, busy),
+                                  u=self.winograd[layer.name], norm_relu=coefficients)
+
+    def _conv3x3_winograd_upsampling(self, layer, busy, skip, low):           # [skip, upsample(low)] read as it goes
+        return K.conv3x3_winograd(skip, self.tensors[f"{layer.name}.weight"], out=self._out(layer, skip, busy),
+                                  u=self.winograd[layer.name], low=low, align_corners=self.align_corners)
+
+    def _depthwise(self, layer, busy, x):
+        return K.depthwise_conv3x3(x, self.tensors[f"{layer.name}.weight"], out=self._out(layer, x, busy))
+
+    def _pointwise(self, layer, busy, x):
+        return K.pointwise_conv(x, self.tensors[f"{layer.name}.weight"], out=self._out(layer, x, busy))
+
+    def _norm_relu(self, layer, busy, x):                                       # in place
+        t = self.tensors
+        return K.group_norm(x, t[f"{layer.name}.weight"], t[f"{layer.name}.bias"], self.groups, self.eps,
+                            relu=True, out=x)
+
+    def _group_norm_coefficients(self, layer, busy, x):
+        t = self.tensors
+        return K.group_norm_coefficients(x, t[f"{layer.name}.weight"], t[f"{layer.name}.bias"], self.groups,
+                                         self.eps)
+
+    def _eca(self, layer, busy, x, gate=None):                                  # in place
+        return K.eca(x, self.tensors[f"{layer.name}.conv.weight"], out=x, gate=gate)
+
+    def _maxpool(self, layer, busy, x):
+        n, c, h, w = x.shape
+        return K.max_pool2x2(x, out=self._buffer((n, c, h // 2, w // 2), busy))
+
+    def _upsample_concat(self, layer, busy, skip, x):                          # -> (concat, its upsampled part)
+        n, c, h, w = x.shape
+        cat = K.upsample_concat(skip, x, self.align_corners,
+                                out=self._buffer((n, skip.shape[1] + c, 2 * h, 2 * w), busy))
+        return cat, cat[:, skip.shape[1]:]
+
+    def _transpose(self, layer, busy, x):
+        n, c, h, w = x.shape
+        return K.conv_transpose2x2(x, self.tensors[f"{layer.name}.weight"], self.tensors[f"{layer.name}.bias"],
+                                   out=self._buffer((n, c, 2 * h, 2 * w), busy))
+
+    def _concat_channels(self, layer, busy, skip, x):
+        n, c, h, w = x.shape
+        return K.concat_channels(skip, x, out=self._buffer((n, skip.shape[1] + c, h, w), busy))
+
+    def _head(self, layer, busy, x):                                            # a fresh array: the logits
+        return K.pointwise_conv(x, self.tensors["head.weight"], self.tensors["head.bias"])
+
+    def _head_normalised(self, layer, busy, x, coefficients):
+        return K.pointwise_conv(x, self.tensors["head.weight"], self.tensors["head.bias"], norm_relu=coefficients)
+
+    def _alias(self, layer, busy, x):                                           # a name for the same array
+        return x
+
+    _defer = _alias                     # work left to the next conv: the value passes through unchanged
+
+    # ----------------------------------------------------------------------------------------- memory --
+
+    def _out(self, layer: Layer, x: np.ndarray, busy: list) -> np.ndarray:
+        """The buffer of a conv's output: (N, layer.out_channels, H, W) at x's batch and size."""
+        return self._buffer((x.shape[0], layer.out_channels) + x.shape[2:], busy)
+
+    def _buffer(self, shape: tuple, busy: list) -> np.ndarray:
+        """A reusable output buffer of `shape` (N, C, H, W) that overlaps none of the `busy` arrays: a leading
+        part of one of the thread's arena arrays, the smallest free one that fits (a free one too small is
+        replaced by a larger one). Buffers are shared by steps whose outputs are never alive at once, so the
+        arena holds a few tensors, not one per layer; the same sequence of calls picks the same arrays every
+        time, so after the first call nothing is allocated."""
         arena = getattr(self._local, "arena", None)
         if arena is None:
             arena = self._local.arena = []
         need = math.prod(shape)
-        taken = {id(b if b.base is None else b.base) for b in busy}     # a buffer view's base is its arena array
+        taken = {id(b if b.base is None else b.base) for b in busy if isinstance(b, np.ndarray)}
         free = [k for k, a in enumerate(arena) if id(a) not in taken]
         fits = [k for k in free if arena[k].size >= need]
         if fits:
@@ -153,16 +288,6 @@ class Network:
             arena.append(np.empty(need, np.float32))
         return arena[k][:need].reshape(shape)
 
-    def _reads_normalised_next(self, i: int) -> bool:
-        """Whether layer i + 1 can normalise its input as it reads it (norm_relu): a Winograd conv or the head."""
-        after = self.plan[i + 1] if i + 1 < len(self.plan) else None
-        return self._winograd_next(i) or (after is not None and after.op == "head")
-
-    def _winograd_next(self, i: int) -> bool:
-        """Whether layer i + 1 is a dense 3x3 conv that runs by Winograd (and so can take over layer i)."""
-        after = self.plan[i + 1] if i + 1 < len(self.plan) else None
-        return after is not None and after.op == "conv3x3" and after.in_channels >= K.WINOGRAD_MIN_CI
-
     def _check_input(self, x) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         c, d = self.spec["in_channels"], self.downsampling
@@ -173,70 +298,31 @@ class Network:
                              f"{len(self.spec['encoder'])} encoder stages, got {x.shape[2]}x{x.shape[3]}")
         return x
 
-    def _apply(self, i: int, layer: Layer, x: np.ndarray, skips: dict, fuse: bool, gate=None) -> np.ndarray:
-        t, n = self.tensors, layer.name
-        op = layer.op
-        N, C, H, W = x.shape
-        co = layer.out_channels
-        busy = (x, *skips.values())                        # what this layer reads: its output must not overlap
-        if op == "conv3x3" and "lazy_norm" in skips:      # the conv reads relu(group_norm(x)) itself
-            return K.conv3x3_winograd(x, t[f"{n}.weight"], out=self._buffer((N, co, H, W), busy),
-                                      u=self.winograd[n], norm_relu=skips.pop("lazy_norm"))
-        if op == "conv3x3" and "lazy_concat" in skips:    # the conv reads [skip, upsample(x)] itself
-            skip = skips.pop("lazy_concat")
-            return K.conv3x3_winograd(skip, t[f"{n}.weight"], out=self._buffer((N, co) + skip.shape[2:], busy),
-                                      u=self.winograd[n], low=x, align_corners=self.align_corners)
-        if op == "conv3x3":
-            return K.conv3x3(x, t[f"{n}.weight"], out=self._buffer((N, co, H, W), busy),
-                             winograd_weights=self.winograd[n])
-        if op == "depthwise":
-            return K.depthwise_conv3x3(x, t[f"{n}.weight"], out=self._buffer(x.shape, busy))
-        if op == "pointwise":
-            return K.pointwise_conv(x, t[f"{n}.weight"], out=self._buffer((N, co, H, W), busy))
-        if op == "norm_relu":
-            if fuse and self._reads_normalised_next(i):
-                skips["lazy_norm"] = K.group_norm_coefficients(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups,
-                                                               self.eps)
-                return x
-            return K.group_norm(x, t[f"{n}.weight"], t[f"{n}.bias"], self.groups, self.eps, relu=True, out=x)
-        if op == "eca":
-            return K.eca(x, t[f"{n}.conv.weight"], out=x, gate=gate)
-        if op == "maxpool":
-            return K.max_pool2x2(x, out=self._buffer((N, C, H // 2, W // 2), busy))
-        if op == "save_skip":
-            skips[dict([layer.extra])["skip"]] = x
-            return x
-        if op == "upsample":        # the next layer is the concat: [skip, upsampled] written as one buffer
-            skip = skips.pop(dict([self.plan[i + 1].extra])["skip"])
-            if fuse and self._winograd_next(i + 1):
-                skips["lazy_concat"] = skip                 # left to that conv, see conv3x3_winograd's low
-                return x
-            cat = K.upsample_concat(skip, x, self.align_corners,
-                                    out=self._buffer((N, skip.shape[1] + C, 2 * H, 2 * W), busy))
-            skips["concat"] = cat
-            return cat[:, skip.shape[1]:]
-        if op == "transpose":
-            return K.conv_transpose2x2(x, t[f"{n}.weight"], t[f"{n}.bias"],
-                                       out=self._buffer((N, C, 2 * H, 2 * W), busy))
-        if op == "concat":
-            if "concat" in skips:     # already written by upsample_concat
-                return skips.pop("concat")
-            if "lazy_concat" in skips:
-                return x
-            skip = skips.pop(dict([layer.extra])["skip"])
-            return K.concat_channels(skip, x, out=self._buffer((N, skip.shape[1] + C, H, W), busy))
-        if op == "head":                                  # with lazy_norm: reads relu(group_norm(x)) itself
-            return K.pointwise_conv(x, t[f"{n}.weight"], t[f"{n}.bias"], norm_relu=skips.pop("lazy_norm", None))
-        raise ValueError(f"unknown layer op {op!r} in {n}")
+
+def _stages(plan: list[Layer], part: str) -> list[Stage]:
+    """The plan's layers of `part` ("encoder" or "decoder") grouped by stage, for forward_plain."""
+    stages = []
+    for index in sorted({int(layer.name.split(".")[1]) for layer in plan if layer.name.startswith(part + ".")}):
+        prefix = f"{part}.{index}."
+        layers = [layer for layer in plan if layer.name.startswith(prefix) or layer.name == prefix[:-1]]
+        down = next((layer for layer in layers if layer.op in ("maxpool", "upsample", "transpose")), None)
+        units: dict[str, list[Layer]] = {}
+        for layer in layers:
+            if ".convs." in layer.name:
+                units.setdefault(layer.name.split(".convs.")[1].split(".")[0], []).append(layer)
+        eca = next((layer for layer in layers if layer.op == "eca"), None)
+        stages.append(Stage(down, tuple(tuple(u) for u in units.values()), eca))
+    return stages
 
 
 def from_file(path) -> Network:
-    """A Network from an npunet weights file (verified by npunet.weights.read_weights). Its weights_sha256
-    is the file's SHA-256 (what `sha256sum` prints), recorded in the outputs that name the model."""
-    import hashlib
-    from pathlib import Path
+    """A Network from an npunet weights file (verified by npunet.weights.read_weights), with this machine's
+    kernel work sizes in place (npunet.tuning: stored, or measured once, about a second, on a first run).
+    Its weights_sha256 is the file's SHA-256 (what `sha256sum` prints), recorded in the outputs that name
+    the model."""
+    from npunet import tuning
     from npunet.weights import read_weights
     header, tensors = read_weights(path)
-    net = Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"))
-    net.weights_sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return net
+    tuning.tiles()
+    return Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"),
+                   weights_sha256=header["file_sha256"])

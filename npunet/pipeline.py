@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from npunet.errors import NpunetError, ResourceError
 from npunet.kernels import upsample_argmax
+from npunet.machine import check_batch_size
 from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, check_preprocessing, prepare_slices
 from npunet.resources import available_memory, format_bytes
 
@@ -52,8 +54,7 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
     checked (npunet.preprocess.check_preprocessing), and NaN/Inf logits stop the run (NpunetError) rather
     than being turned into labels.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise NpunetError(f"the batch size must be an integer >= 1, got {batch_size!r}")
+    batch_size = check_batch_size(batch_size)
     spec = getattr(model, "spec", None)
     params = check_preprocessing({**DEFAULT_PREPROCESSING, **getattr(model, "preprocessing", {})},
                                  "the model's preprocessing", NpunetError,
@@ -124,6 +125,16 @@ def check_batch_memory(shape: tuple[int, int, int], batch: int, params: dict, sp
                         f"{format_bytes(available)} is available; {advice}")
 
 
+def kernels_cached() -> bool:
+    """Whether this build's kernels have been compiled and cached on this machine before (warm_up leaves a
+    mark in the kernel cache folder when it has run; npunet.kernels._numba keeps one folder per build)."""
+    from npunet.kernels import _numba
+    return (Path(_numba._CACHE_DIR) / WARM_MARK).is_file()
+
+
+WARM_MARK = "warm"
+
+
 def warm_up(model) -> None:
     """Load (or, on the very first run, compile) every kernel that segment_array uses, by running the
     network, the resize and the upsample+argmax once on tiny inputs. Numba loads a kernel from its cache on
@@ -138,11 +149,21 @@ def warm_up(model) -> None:
     side = 2 * model.downsampling
     x = resize_bilinear(np.zeros((1, model.spec["in_channels"], side + 1, side + 1), np.float32), side, side)
     upsample_argmax(model(x), side, side)
+    if not kernels_cached():
+        from npunet.kernels import _numba
+        try:
+            (Path(_numba._CACHE_DIR) / WARM_MARK).write_text("the kernels of this build were compiled here\n")
+        except OSError:
+            pass                        # a read-only cache: the message shows again, nothing else changes
 
 
-def start_warm_up(model) -> threading.Thread:
+def start_warm_up(model, log=None) -> threading.Thread:
     """warm_up(model) in a background thread; join it before calling any kernel from this thread (the
-    threading layer may not accept parallel kernels launched from two threads at once)."""
+    threading layer may not accept parallel kernels launched from two threads at once). On the first run
+    of this build on this machine (no kernel cache yet), `log` (npunet.progress.Log) says in one line that
+    the kernels are being compiled, the one long wait a new user meets."""
+    if log is not None and not kernels_cached():
+        log.say("compiling the kernels for this CPU (first run only; they are cached for the next runs)")
     def quiet_warm_up():
         try:
             warm_up(model)

@@ -95,6 +95,21 @@ def canonical(volume: np.ndarray, affine: np.ndarray, orientation: str = "RAS") 
     return CanonicalView(data, start, target)
 
 
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """(3,) float64: the voxel's size in mm along each array axis, the lengths of the affine's first three
+    columns (as nibabel.affines.voxel_sizes)."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def canonical_voxel_sizes(affine: np.ndarray, orientation: str = "RAS") -> np.ndarray:
+    """(3,) the voxel sizes along the axes of canonical(volume, affine, orientation).data."""
+    view = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.axcodes2ornt(tuple(orientation)))
+    out = np.empty(3)
+    out[view[:, 0].astype(int)] = voxel_sizes(affine)
+    return out
+
+
 def axial_axis(affine: np.ndarray) -> int:
     """Index of the input array axis that runs along the body's superior-inferior direction."""
     codes = nib.orientations.aff2axcodes(affine)

@@ -39,7 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from npunet.errors import InputError
-from npunet.signals import raise_pending
+from npunet.signals import at_interruption, raise_pending
+from npunet.text import one_line
 
 _LIVE: set[str] = set()                          # temporary files and folders to remove on the way out
 _PUBLISHED: dict[str, tuple[int, int]] = {}     # path -> (st_dev, st_ino) of the file this process put there
@@ -58,9 +59,6 @@ def _suffix(name: str) -> str:
     return Path(name).suffix
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(getattr(exc, "strerror", None) or exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path:
@@ -78,7 +76,7 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
             with _LOCK:
                 _LIVE.add(tmp)
     except OSError as exc:
-        raise InputError(f"{path}: cannot write in {path.parent} ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot write in {path.parent} ({one_line(exc)})") from None
     try:
         os.close(fd)
         write(tmp)
@@ -94,7 +92,7 @@ def atomic_write(path: str | os.PathLike, write, overwrite: bool = True) -> Path
     except FileExistsError:
         raise InputError(exists_message(path)) from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot write ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot write ({one_line(exc)})") from None
     finally:
         _discard(tmp)
     return path
@@ -116,14 +114,14 @@ def staged_folder(path: str | os.PathLike, overwrite: bool = False, may_replace=
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"{path}: cannot create the output folder ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot create the output folder ({one_line(exc)})") from None
     try:
         with _signals_deferred():         # no Ctrl-C between creating the folder and listing it
             staging = tempfile.mkdtemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
             with _LOCK:
                 _LIVE.add(staging)
     except OSError as exc:
-        raise InputError(f"{path}: cannot write in {path.parent} ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot write in {path.parent} ({one_line(exc)})") from None
     try:
         yield Path(staging)
         try:
@@ -133,7 +131,7 @@ def staged_folder(path: str | os.PathLike, overwrite: bool = False, may_replace=
         except FileExistsError:
             raise InputError(exists_message(path)) from None
         except OSError as exc:
-            raise InputError(f"{path}: cannot write ({_one_line(exc)})") from None
+            raise InputError(f"{path}: cannot write ({one_line(exc)})") from None
     finally:
         _discard(staging)                 # gone already once published
         _forget_inside(staging)
@@ -218,7 +216,7 @@ def check_writable(path: str | os.PathLike) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"{path}: the output folder {existing} is not writable ({_one_line(exc)})") from None
+        raise InputError(f"{path}: the output folder {existing} is not writable ({one_line(exc)})") from None
 
 
 def _publish_exclusive(tmp: str, path: Path) -> None:
@@ -300,3 +298,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+at_interruption(remove_temporaries)      # npunet.signals removes them when a signal ends the process

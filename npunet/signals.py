@@ -14,6 +14,9 @@ __del__): a signal that lands there would be lost and the run would go on to exi
 keeps the exception as pending until finish_interrupted reports it, and raise_pending() raises it again at
 the points that must not be passed after a signal: the end of start-up, the publication of an output and
 the end of a command.
+
+What must be undone after a signal registers itself with `at_interruption(callback)` (npunet.publish
+registers the removal of its temporary files): this module sits below everything and imports none of them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ HANDLED = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SI
 
 _pending: BaseException | None = None     # raised by the handler, not yet reported by finish_interrupted
 _interrupted = False                      # finish_interrupted has run: the process is ending after a signal
+_clean_ups: list = []                     # called by finish_interrupted, in the order registered
+
+
+def at_interruption(callback) -> None:
+    """Have finish_interrupted call `callback()` (once per registration) before it reports the signal."""
+    if callback not in _clean_ups:
+        _clean_ups.append(callback)
 
 
 def _on_signal(signum, frame):
@@ -76,11 +86,12 @@ def describe(exc: BaseException) -> str:
 
 
 def finish_interrupted(exc: BaseException, command: str | None) -> int:
-    """After an interruption: remove what npunet.publish still holds, say so in one line, return the code."""
+    """After an interruption: run the registered clean-ups (npunet.publish's temporary files), say so in one
+    line, return the code."""
     global _pending, _interrupted
     _pending, _interrupted = None, True
-    from npunet.publish import remove_temporaries
-    remove_temporaries()
+    for clean_up in _clean_ups:
+        clean_up()
     prefix = f"npunet {command}" if command else "npunet"
     try:
         print(f"{prefix}: {describe(exc)}", file=sys.stderr, flush=True)

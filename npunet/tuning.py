@@ -7,7 +7,7 @@ Two knobs decide how much data a kernel task works on, and their best value foll
 Results do not depend on either (each output element sums its inputs in the same order whatever the split;
 tests/test_tuning.py checks every candidate bit for bit), only the speed does.
 
-At first use (`tiles()`, called when a network is loaded) the choice is read from tiles.json beside Numba's
+At first use (`tiles()`, called when a network is loaded from its file, npunet.network.from_file) the choice is read from tiles.json beside Numba's
 kernel cache, which is already per build tag (CPU name and features, kernel sources, numba and llvmlite
 versions; npunet.kernels._numba); the file is also keyed by the CPU model and npunet's version. When it is
 missing or keyed otherwise, a short pass (about a second) times each candidate on a decoder-sized conv and
@@ -22,6 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from npunet.errors import InputError
+from npunet.machine import cpu_model
+from npunet.publish import atomic_write
+from npunet.version import __version__
 
 CANDIDATES = {
     "winograd_scratch_floats": (1 << 18, 1 << 19, 1 << 20, 1 << 21),
@@ -40,26 +45,11 @@ def wisdom_path() -> Path:
 
 def wisdom_key() -> dict:
     """What a stored choice is valid for."""
-    import npunet
     from npunet.kernels import _numba
     return {"cpu": cpu_model(), "numba_cpu_name": _numba.cpu_name(), "build_tag": _numba.BUILD_TAG,
-            "npunet": npunet.__version__}
+            "npunet": __version__}
 
 
-def cpu_model() -> str:
-    """'AMD EPYC (family 26, model 2)' from /proc/cpuinfo (platform.processor() elsewhere): what a stored choice
-    is keyed by, and what tools/bench.py prints."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if not line.strip():                  # the first processor's block is enough
-                break
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        import platform
-        return platform.processor() or platform.machine()
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
 def apply(choice: dict) -> None:
@@ -142,8 +132,6 @@ def tune(repeats: int = 5, store: bool = True) -> dict:
 
 def _store(record: dict) -> None:
     """Write tiles.json whole (npunet.publish.atomic_write), or nothing if the folder is not writable."""
-    from npunet.errors import InputError
-    from npunet.publish import atomic_write
     path = wisdom_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import json
 import os
 import stat
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,20 @@ def save_weights(path, spec: dict, tensors: dict[str, np.ndarray], labels: dict,
     return path
 
 
+DEFAULT_WEIGHTS_NAME = "dsconv_eca_unet.npuw"
+
+
+def default_weights_path() -> Path:
+    """$NPUNET_WEIGHTS if set, else the shipped weights: the checkout's weights/ folder (editable install),
+    or <prefix>/share/npunet/weights (where `pip install .` puts them)."""
+    env = os.environ.get("NPUNET_WEIGHTS")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent / "weights" / DEFAULT_WEIGHTS_NAME
+    installed = Path(sys.prefix) / "share" / "npunet" / "weights" / DEFAULT_WEIGHTS_NAME
+    return installed if not checkout.exists() and installed.exists() else checkout
+
+
 # ------------------------------------------------------------------------------------------ reading --
 
 def _read_file(path) -> tuple[Path, bytes]:
@@ -247,15 +262,20 @@ def _split(path: Path, raw: bytes) -> tuple[int, bytes]:
 
 
 def read_weights(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(header, tensors) of a weights file, fully verified; raises WeightsError naming the first problem."""
+    """(header, tensors) of a weights file, fully verified; raises WeightsError naming the first problem.
+    The header also carries "file_sha256", the SHA-256 of the whole file (what `sha256sum` prints), computed
+    in the same pass as the checksum that verifies it: the file's identity in reports and manifests."""
     path, raw = _read_file(path)
     hlen, header_bytes = _split(path, raw)
     view = memoryview(raw)                                    # slices of it copy nothing
+    digest = hashlib.sha256(view[:-DIGEST_BYTES] if len(raw) >= DIGEST_BYTES else b"")
     if (len(raw) < PREAMBLE_BYTES + hlen + DIGEST_BYTES
-            or hashlib.sha256(view[:-DIGEST_BYTES]).digest() != raw[-DIGEST_BYTES:]):
+            or digest.digest() != raw[-DIGEST_BYTES:]):
         _explain_bad_checksum(path, header_bytes)
+    digest.update(view[-DIGEST_BYTES:])                       # the body's hash, continued over the trailer
     header = parse_json(header_bytes, f"{path} header", WeightsError, MAX_HEADER_BYTES)
     header, want = check_header(header, str(path))
+    header["file_sha256"] = digest.hexdigest()
     data = view[PREAMBLE_BYTES + hlen:-DIGEST_BYTES]
     if len(data) != header["data_nbytes"]:
         raise WeightsError(f"{path}: {len(data)} data bytes, the header says {header['data_nbytes']}; {REGENERATE}")

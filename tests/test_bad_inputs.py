@@ -21,11 +21,9 @@ import numpy as np
 import pytest
 
 import npunet
-import npunet.resources as resources
-from npunet import segment_cli
 from npunet.cli import main
 from npunet.errors import InputError, NpunetError, ResourceError
-from npunet.io import read_ct
+from npunet.io.nifti import read_ct
 from tests.test_segment_cli import FakeModel, all_files, fake, fake_labels, run_cli, save, slash, small_ct  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,7 +187,7 @@ def test_gzip_bomb_beyond_memory(tmp_path, monkeypatch):
     vol = np.zeros((512, 512, 64), np.int16)                 # 32 MiB of zeros, 33 KB gzipped
     path = save(tmp_path / "bomb_0000.nii.gz", vol)
     print(f"\n  {path.stat().st_size:,} bytes on disk for {vol.nbytes / 2**20:.0f} MiB of voxels")
-    monkeypatch.setattr(resources, "available_memory", lambda: 64 * 2**20)
+    monkeypatch.setenv("NPUNET_MEMORY_LIMIT", "64M")
     tracemalloc.start()
     with pytest.raises(ResourceError) as info:
         read_ct(path)
@@ -211,7 +209,7 @@ def test_memory_limit_from_the_environment(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------------- orientation --
 
-def test_assume_orientation_is_used_and_the_header_kept(tmp_path, capsys, monkeypatch):
+def test_assume_orientation_is_used_and_the_header_kept(tmp_path, capsys):
     """Without orientation, --assume-orientation LPS makes the pipeline see an LPS affine; the output keeps
     the input's header (codes 0), voxel for voxel on its grid."""
     seen = {}
@@ -219,10 +217,13 @@ def test_assume_orientation_is_used_and_the_header_kept(tmp_path, capsys, monkey
     def segment_array(volume, affine, model, **kwargs):
         seen["axcodes"] = nib.aff2axcodes(affine)
         return fake_labels(volume)
-    monkeypatch.setattr(segment_cli, "load_model", lambda weights=None: FakeModel())
-    monkeypatch.setattr(segment_cli, "segment_array", segment_array)
+
+    def run(*argv):
+        rc = main(["segment", *map(str, argv)], load_model=lambda weights=None: FakeModel(),
+                  segment_volume=segment_array)
+        return rc, *capsys.readouterr()
     inp = ct_file(tmp_path, qform_code=0, sform_code=0)
-    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "out" / "x.nii.gz", "--quiet", "--assume-orientation", "lps")
+    rc, _, err = run(inp, "-o", tmp_path / "out" / "x.nii.gz", "--quiet", "--assume-orientation", "lps")
     assert rc == 0, err
     assert seen["axcodes"] == ("L", "P", "S")
     assert err.strip() == "npunet segment: case: warning: no orientation in the header: assuming LPS " \
@@ -232,7 +233,7 @@ def test_assume_orientation_is_used_and_the_header_kept(tmp_path, capsys, monkey
     assert np.array_equal(np.asarray(out.dataobj), fake_labels(small_ct()))
     # an image with its own orientation keeps it, and says the option was not used
     inp2 = save(tmp_path / "in2" / "ras_0000.nii.gz", small_ct())
-    rc, _, err = run_cli(capsys, inp2, "-o", slash(tmp_path / "out2"), "--quiet", "--assume-orientation", "LPS")
+    rc, _, err = run(inp2, "-o", slash(tmp_path / "out2"), "--quiet", "--assume-orientation", "LPS")
     assert rc == 0 and seen["axcodes"] == ("R", "A", "S")
     assert "the header gives the orientation RAS; --assume-orientation LPS is not used" in err
 
@@ -415,9 +416,7 @@ def test_batch_size_beyond_memory_names_the_batch_that_fits(monkeypatch):
     net = npunet.load(REPO / "tests" / "fixtures" / "tiny_standard_unet.npuw")
     volume = np.zeros((64, 48, 40), np.float32)
     fixed, per_slice = batch_memory((64, 48, 40), net.preprocessing, net.spec)
-    monkeypatch.setattr(resources, "available_memory", lambda: fixed + 10 * per_slice + 1)
-    import npunet.pipeline as pipeline
-    monkeypatch.setattr(pipeline, "available_memory", lambda: fixed + 10 * per_slice + 1)
+    monkeypatch.setenv("NPUNET_MEMORY_LIMIT", str(fixed + 10 * per_slice + 1))
     tracemalloc.start()
     with pytest.raises(ResourceError) as info:
         segment_array(volume, np.eye(4), net, batch_size=100000)
@@ -433,8 +432,7 @@ def test_batch_size_beyond_memory_names_the_batch_that_fits(monkeypatch):
 def test_extreme_aspect_ratio_is_refused_not_allocated(monkeypatch):
     """A 60000x1 slice pads to a 60000x60000 square (14 GB per slice): refused with the numbers."""
     from npunet.pipeline import segment_array
-    import npunet.pipeline as pipeline
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setenv("NPUNET_MEMORY_LIMIT", "8G")
     net = npunet.load(REPO / "tests" / "fixtures" / "tiny_standard_unet.npuw")
     with pytest.raises(ResourceError, match="too large for this machine"):
         segment_array(np.zeros((60000, 1, 3), np.float32), np.eye(4), net, batch_size=1)
@@ -524,14 +522,16 @@ def test_bad_evaluate_input(tmp_path, capsys, name):
 def test_evaluate_json_path_is_checked_before_scoring(tmp_path, capsys):
     gt = label_file(tmp_path / "g.nii.gz", _labels())
     original = gt.read_bytes()
-    for target, words in ((gt, "must end in .json"), (tmp_path / "no" / "r.json", "does not exist"),
-                          (tmp_path, "must end in .json")):
+    for target, words in ((gt, "must be a .json file name"), (tmp_path, "must be a .json file name")):
         rc = main(["evaluate", str(gt), str(gt), "--json", str(target)])
         out, err = capsys.readouterr()
         assert rc == 2 and out == "" and err.count("\n") == 1 and words in err, err
     assert gt.read_bytes() == original
     rc = main(["evaluate", str(gt), str(gt), "--json", str(tmp_path / "r.json")])
     assert rc == 0 and (tmp_path / "r.json").exists()
+    # a missing folder is created, as for every output of npunet (npunet.io.paths)
+    rc = main(["evaluate", str(gt), str(gt), "--json", str(tmp_path / "no" / "r.json")])
+    assert rc == 0 and (tmp_path / "no" / "r.json").exists()
 
 
 def test_evaluate_float_labels_that_are_whole_numbers_are_scored(tmp_path, capsys):
@@ -546,13 +546,15 @@ def test_evaluate_float_labels_that_are_whole_numbers_are_scored(tmp_path, capsy
 def test_python_api_refusals_and_assumption(fake):
     data = small_ct()
     with pytest.raises(InputError, match="no orientation"):
-        npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel())
+        npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel(), segment_volume=fake.inject["segment_volume"])
     with pytest.warns(UserWarning, match="no orientation in the header: assuming RAS"):
-        out = npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel(), assume_orientation="RAS")
+        out = npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel(), assume_orientation="RAS",
+                                   segment_volume=fake.inject["segment_volume"])
     assert np.array_equal(np.asarray(out.dataobj), fake_labels(data))
     with pytest.raises(InputError, match="complex128"):
-        npunet.segment_image(nib.Nifti1Image(data.astype(np.complex128), np.eye(4)), model=FakeModel())
+        npunet.segment_image(nib.Nifti1Image(data.astype(np.complex128), np.eye(4)), model=FakeModel(), segment_volume=fake.inject["segment_volume"])
     with pytest.raises(InputError, match="not a nibabel image"):
-        npunet.segment_image(data, model=FakeModel())
+        npunet.segment_image(data, model=FakeModel(), segment_volume=fake.inject["segment_volume"])
     with pytest.raises(NpunetError, match="not an orientation"):
-        npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel(), assume_orientation="XYZ")
+        npunet.segment_image(nib.Nifti1Image(data, None), model=FakeModel(), assume_orientation="XYZ",
+                             segment_volume=fake.inject["segment_volume"])

@@ -19,13 +19,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import npunet.segment_cli as segment_cli
 from npunet.cli import main
-from npunet.io.claim import CaseBusy, acquire, owner_record
-from npunet.io.manifest import (file_digest, foreign_files, read_manifest, record_path, record_problem,
+from npunet.cohort.claims import CaseBusy, acquire, owner_record
+from npunet.cohort.manifest import (file_digest, foreign_files, read_manifest, record_path, record_problem,
                                 state_folder, write_record)
 
-from test_segment_cli import FakeModel, fake, save, small_ct  # noqa: F401  (fake is a fixture)
+from test_segment_cli import INJECTED, FakeModel, fake, save, small_ct  # noqa: F401  (fake is a fixture)
 
 pytest.importorskip("distributed")
 
@@ -52,7 +51,7 @@ def make_folder(data_dir, folder: Path, cases: dict, bad: bool = True) -> Path:
 
 
 def run_cli(capsys, *argv):
-    rc = main(["segment", *map(str, argv)])
+    rc = main(["segment", *map(str, argv)], **INJECTED)
     captured = capsys.readouterr()
     return rc, captured.err
 
@@ -88,7 +87,7 @@ def cases(data_dir, tmp_path_factory):
 def client():
     """The LocalCluster that `--workers 2` starts (2 worker processes, one case at a time each), started once
     for the module: the tests below share it."""
-    from npunet import cluster
+    from npunet.cohort import cluster
     client, close = cluster.connect(workers=2)
     yield client
     close()
@@ -96,9 +95,9 @@ def client():
 
 @pytest.fixture
 def workers_2_is_the_shared_cluster(client, monkeypatch):
-    """`--workers N` calls npunet.cluster.connect(workers=N); hand it the module's cluster (started by that
+    """`--workers N` calls npunet.cohort.cluster.connect(workers=N); hand it the module's cluster (started by that
     same call) instead of a second one, and record the call."""
-    from npunet import cluster
+    from npunet.cohort import cluster
     calls = []
 
     def connect(workers=None, scheduler=None):
@@ -316,39 +315,40 @@ def statuses(rows) -> dict:
 def test_in_process_reruns_skip_complete_cases_and_refuse_foreign_files(tmp_path, capsys, fake):
     from npunet import segment_many
     inp, out = fake_folder(tmp_path), tmp_path / "out"
-    rows = segment_many(inp, out)
+    rows = segment_many(inp, out, **fake.inject)
     assert statuses(rows) == {"broken": "failed", "c0": "done", "c1": "done", "c2": "done"} and fake["segment"] == 3
     assert rows[1]["worker"] == f"local:{os.getpid()}" and rows[1]["slices"] == 8
-    assert statuses(segment_many(inp, out)) == {"broken": "failed", "c0": "skipped", "c1": "skipped",
+    again = segment_many(inp, out, **fake.inject)
+    assert statuses(again) == {"broken": "failed", "c0": "skipped", "c1": "skipped",
                                                 "c2": "skipped"} and fake["segment"] == 3
 
     (out / "c1.nii.gz").write_bytes((out / "c1.nii.gz").read_bytes() + b"\0")   # damaged since
-    rows = segment_many(inp, out)
+    rows = segment_many(inp, out, **fake.inject)
     assert statuses(rows)["c1"] == "failed" and fake["segment"] == 3
     assert rows[2]["error"] == (f"{out / 'c1.nii.gz'} exists and is not as npunet wrote it (c1.nii.gz changed "
                                 f"since it was written (size or SHA-256 differ)); pass --overwrite to replace it")
-    rows = segment_many(inp, out, preview=True)                   # other options: not complete, not replaced
+    rows = segment_many(inp, out, preview=True, **fake.inject)    # other options: not complete, not replaced
     assert statuses(rows)["c0"] == "failed"
     assert "(made with other options (preview False, now True))" in rows[1]["error"]
-    rows = segment_many(inp, out, overwrite=True)
+    rows = segment_many(inp, out, overwrite=True, **fake.inject)
     assert statuses(rows) == {"broken": "failed", "c0": "done", "c1": "done", "c2": "done"} and fake["segment"] == 6
 
     (out / "c2.nii.gz").unlink()                                   # a lost output: the case is redone
-    assert statuses(segment_many(inp, out))["c2"] == "done" and fake["segment"] == 7
+    assert statuses(segment_many(inp, out, **fake.inject))["c2"] == "done" and fake["segment"] == 7
     assert sorted(p.name for p in state_folder(out).iterdir()) == ["c0.done.json", "c1.done.json", "c2.done.json"]
 
 
-def test_two_runs_at_once_never_write_the_same_case(tmp_path, fake, monkeypatch):
+def test_two_runs_at_once_never_write_the_same_case(tmp_path, fake):
     from npunet import segment_many
     inp, out = fake_folder(tmp_path, n=6, bad=False), tmp_path / "out"
-    slow_segment = segment_cli.segment_array
+    fast_segment = fake.inject["segment_volume"]
 
     def slower(*args, **kwargs):
         time.sleep(0.1)
-        return slow_segment(*args, **kwargs)
-    monkeypatch.setattr(segment_cli, "segment_array", slower)
+        return fast_segment(*args, **kwargs)
     results = {}
-    runs = [threading.Thread(target=lambda k=k: results.setdefault(k, segment_many(inp, out))) for k in "ab"]
+    runs = [threading.Thread(target=lambda k=k: results.setdefault(
+        k, segment_many(inp, out, load_model=fake.inject["load_model"], segment_volume=slower))) for k in "ab"]
     for t in runs:
         t.start()
     for t in runs:
@@ -490,11 +490,14 @@ def test_help_describes_the_cohort_options(capsys):
 
 
 def test_worker_plugin_refuses_other_weights(tmp_path):
-    from npunet import cluster, default_weights_path
+    from npunet.cohort import cluster
     from npunet.errors import NpunetError
+    from npunet.weights import default_weights_path, read_weights, save_weights
     shipped = default_weights_path()
-    other = tmp_path / "other.npuw"
-    other.write_bytes(shipped.read_bytes()[:-1] + b"\0")
+    other = tmp_path / "other.npuw"                 # valid weights, other bytes (another metadata note)
+    header, tensors = read_weights(shipped)
+    save_weights(other, header["spec"], tensors, header["labels"], header["preprocessing"],
+                 {**header.get("metadata", {}), "note": "another file"})
     sha = file_digest(shipped)["sha256"]
     for weights, words in ((other, f"have SHA-256 {file_digest(other)['sha256'][:12]}..., the run uses {sha[:12]}"),
                            (tmp_path / "absent.npuw", "no weights file at")):
@@ -521,5 +524,5 @@ def test_assume_orientation_reaches_every_case(tmp_path, capsys, fake):
     assert rc == 0, err
     record = json.loads(record_path(tmp_path / "out", "plain").read_text())
     assert record["options"]["assume_orientation"] == "LPS"
-    rows = segment_many([inp / "plain_0000.nii.gz"], tmp_path / "out", assume_orientation="RAS")
+    rows = segment_many([inp / "plain_0000.nii.gz"], tmp_path / "out", assume_orientation="RAS", **fake.inject)
     assert rows[0]["status"] == "failed" and "assume_orientation LPS, now RAS" in rows[0]["error"]

@@ -5,8 +5,9 @@ instances and frame of reference, keeps Study and Patient, codes its segments wi
 DICOM validator (dciodvfy where installed, else highdicom's read-back); --split masks and --organs subsets
 equal the corresponding labels of the full map.
 
-The network runs once per module: segment_array is wrapped by a cache keyed on the volume's bytes, so every
-output type below is written from the same label map, the one the NIfTI output holds."""
+The network runs once per module: the command is given (segment_volume=) npunet.pipeline.segment_array
+behind a cache keyed on the volume's bytes, so every output type below is written from the same label map,
+the one the NIfTI output holds."""
 
 import hashlib
 import json
@@ -19,9 +20,9 @@ import numpy as np
 import pytest
 
 import npunet
-import npunet.segment_cli as segment_cli
 from npunet.cli import main
 from npunet.labels import LABELS, SNOMED_CATEGORY, SNOMED_LATERALITY, SNOMED_TYPE
+from npunet.pipeline import segment_array
 
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
@@ -61,7 +62,7 @@ def run(data_dir, tmp_path_factory):
     weights = npunet.default_weights_path()
     if not weights.exists():
         pytest.skip(f"no shipped weights at {weights}")
-    real = segment_cli.segment_array
+    real = segment_array
     cache, calls = {}, {"network": 0}
 
     def cached(volume, affine, model, **options):
@@ -71,16 +72,13 @@ def run(data_dir, tmp_path_factory):
             cache[key] = real(volume, affine, model, **options)
         return cache[key].copy()
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(segment_cli, "segment_array", cached)
-
-        def run_segment(*argv, capsys=None):
-            rc = main(["segment", *map(str, argv), "--quiet"])
-            err = capsys.readouterr().err if capsys is not None else ""
-            assert rc == 0, err
-            return err
-        run_segment.calls = calls
-        yield run_segment
+    def run_segment(*argv, capsys=None):
+        rc = main(["segment", *map(str, argv), "--quiet"], segment_volume=cached)
+        err = capsys.readouterr().err if capsys is not None else ""
+        assert rc == 0, err
+        return err
+    run_segment.calls = calls
+    yield run_segment
     print(f"\n  the network ran {calls['network']} time(s) for this module")
 
 

@@ -12,12 +12,12 @@ from html.parser import HTMLParser
 import nibabel as nib
 import numpy as np
 import pytest
-from test_postprocess import decode_png   # the test decoder of npunet.preview.encode_png's PNGs
+from test_postprocess import decode_png   # the test decoder of npunet.io.preview.encode_png's PNGs
 
 import npunet
 from npunet.cli import main
-from npunet.explain import file_slice_order
-from npunet.pictures import radiological
+from npunet.explain.pictures import radiological
+from npunet.explain.slices import file_slice_order
 from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, prepare_slices
 
 SECTIONS = {"input", "encoder", "eca", "groupnorm", "decoder", "layers", "probabilities", "labels", "end",
@@ -181,10 +181,10 @@ def test_file_slice_order_follows_the_affine():
 @pytest.mark.parametrize("argv,message", [
     (["CT", "-o", "OUT/r.html", "--slice", "20"], "--slice 20 is out of range: ts_chest has 20 axial slices (0 .. 19)"),
     (["CT", "-o", "OUT/r.html", "--slice", "-1"], "--slice -1 is out of range"),
-    (["CT", "-o", "OUT/r.png"], "r.png: the report is an HTML page; give a name ending in .html"),
+    (["CT", "-o", "OUT/r.png"], "r.png: the report must be a .html or .htm file name"),
+    (["CT", "-o", "CT"], "must be a .html or .htm file name"),
     (["CT", "-o", "OUT/exists.html"], "exists.html: exists already; pass --overwrite"),
-    (["CT", "-o", "OUT/no/such/r.html"], "does not exist"),
-    (["FOLDER", "-o", "OUT/r.html"], "cases; explain one CT: give its file"),
+    (["FOLDER", "-o", "OUT/r.html"], "a folder of 8 cases; one CT is meant here: give its file"),
     (["OUT/missing.nii.gz", "-o", "OUT/r.html"], "missing.nii.gz: no such file"),
     (["CT", "-o", "OUT/r.html", "--runs", "0"], "--runs must be at least 1, got 0"),
     (["CT", "-o", "OUT/r.html", "--weights", "OUT/exists.html"], "exists.html is not an npunet weights file"),
@@ -198,3 +198,27 @@ def test_user_mistakes_are_one_line_errors_and_write_nothing(argv, message, data
     assert err.count("\n") == 1 and err.startswith("npunet explain: error: ") and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.html"]
     assert (tmp_path / "exists.html").read_text() == "keep me"
+
+
+def test_explain_reads_the_ct_as_segment_does(data_dir, tmp_path, capsys):
+    """One CT reader for every command (npunet.io.ct): a header without orientation is refused with the same
+    line as `npunet segment` gives, --assume-orientation makes it readable, and the page is published only
+    once complete, exclusively (an existing page needs --overwrite)."""
+    src = nib.load(data_dir / "imagesTr" / "ts_chest_0000.nii.gz")
+    plain = nib.Nifti1Image(np.asarray(src.dataobj)[:, :, :6], src.affine)
+    plain.set_qform(None, code=0)
+    plain.set_sform(None, code=0)
+    ct = tmp_path / "plain.nii.gz"
+    nib.save(plain, ct)
+    out = tmp_path / "page.html"
+    argv = ["explain", str(ct), "-o", str(out), "--slice", "2", "--runs", "1", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no orientation" in err and "--assume-orientation" in err and not out.exists()
+    assert main(["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--quiet"]) == 2
+    assert capsys.readouterr().err.split("error: ")[1] == err.split("error: ")[1]      # the same refusal
+    assert main(argv + ["--assume-orientation", "LAS"]) == 0
+    err = capsys.readouterr().err
+    assert "assuming LAS" in err and 'data-slice="2"' in out.read_text()
+    assert main(argv + ["--assume-orientation", "LAS"]) == 2 and "exists already" in capsys.readouterr().err
+    assert main(argv + ["--assume-orientation", "LAS", "--overwrite"]) == 0

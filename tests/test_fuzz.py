@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from npunet.errors import NpunetError  # noqa: E402
-from npunet.io import read_ct  # noqa: E402
+from npunet.io.nifti import read_ct  # noqa: E402
 from npunet.labels import LABELS  # noqa: E402
 from npunet.preprocess import DEFAULT_PREPROCESSING  # noqa: E402
 from npunet.spec import MAX_PARAMETERS, expected_tensors, load_spec  # noqa: E402

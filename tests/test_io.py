@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from npunet.errors import InputError
-from npunet.io import (Job, case_name, check_output_path, hu_range_warning, labels_image, plan_jobs, read_ct,
-                       read_dicom_series, validate_image, write_labels)
 from npunet.io import dicom as dicom_mod
+from npunet.io.cases import Job, case_name, plan_jobs
+from npunet.io.dicom import read_dicom_series
+from npunet.io.nifti import check_output_path, labels_image, read_ct, validate_image, write_labels
+from npunet.io.validate import hu_range_warning
 from npunet.labels import LABELS
 
 

@@ -162,3 +162,55 @@ def test_network_refuses_missing_tensor():
     del tensors["head.bias"]
     with pytest.raises(ValueError, match="head.bias"):
         Network(spec, tensors)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_plain_forward_reads_as_the_architecture_and_equals_the_fused_steps(converted, name):
+    """forward_plain (one kernel per layer, every tensor written) and net(x) (the fused steps of npunet.steps)
+    give the same logits: to 1e-5 as the issue asks, and in fact bit for bit (the same kernels, the fusions
+    read their inputs in the same order)."""
+    _, net = converted[name]
+    x = np.random.default_rng(3).random((2, 3, 96, 128), dtype=np.float32)
+    plain, fused = net.forward_plain(x), net(x)
+    diff = float(np.abs(plain - fused).max())
+    print(f"\n  {name}: plain vs fused logits max|diff| {diff:.1e}; fused kernels "
+          f"{sorted({s.kernel for s in net.fused} - {s.kernel for s in net.unfused})}")
+    assert diff <= 1e-5 and np.array_equal(plain, fused)
+    assert len(net.fused) == len(net.unfused) == len(net.plan)      # one step per layer, in plan order
+    assert [s.layer for s in net.fused] == net.plan
+
+
+def test_fused_steps_name_their_kernels_and_inputs():
+    """The fused list for the default model: a GroupNorm+ReLU that feeds a Winograd conv only computes its
+    coefficients, and that conv reads them; a decoder's upsample and concat defer to the conv that reads the
+    skip and the low-resolution tensor; every value read was written by an earlier step."""
+    from npunet.spec import layer_plan
+    from npunet.steps import compile_steps
+    steps = compile_steps(layer_plan(load_spec("dsconv_eca_unet")), fuse=True)
+    by_name = {s.layer.name: s for s in steps}
+    norm, conv = by_name["decoder.1.convs.0.norm"], by_name["decoder.1.convs.1.conv"]
+    assert norm.kernel == "group_norm_coefficients" and conv.kernel == "conv3x3_winograd_normalised"
+    assert conv.inputs == ("decoder.1.convs.0.conv", "decoder.1.convs.0.norm.coefficients")
+    assert by_name["decoder.1.up"].kernel == by_name["decoder.1.concat"].kernel == "defer"
+    assert by_name["decoder.1.convs.0.conv"].kernel == "conv3x3_winograd_upsampling"
+    assert by_name["decoder.1.convs.0.conv"].inputs == ("encoder.2", "decoder.0.convs.1.norm")
+    assert by_name["decoder.0.up"].kernel == "upsample_concat"        # a DS stage after it: no Winograd
+    assert by_name["head"].kernel == "head_normalised"
+    written = {"input"}
+    for step in steps:
+        assert set(step.inputs) <= written, step
+        written |= set(step.outputs)
+
+
+def test_constructing_a_network_does_not_time_anything(monkeypatch):
+    """Tuning is triggered by loading a weights file (npunet.network.from_file), not by building a Network."""
+    from npunet import tuning
+    monkeypatch.setattr(tuning, "_chosen", None)
+    monkeypatch.setattr(tuning, "tiles", lambda: pytest.fail("a Network constructor ran the tuning"))
+    spec = load_spec("dsconv_eca_unet")
+    tensors = {k: v.numpy() for k, v in init_random(build_model(spec)).state_dict().items()}
+    Network(spec, tensors)
+    calls = []
+    monkeypatch.setattr(tuning, "tiles", lambda: calls.append(1))
+    npunet.load()
+    assert calls == [1]

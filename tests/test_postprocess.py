@@ -14,8 +14,8 @@ from scipy import ndimage
 
 from npunet.labels import LABELS
 from npunet.postprocess import close_labels, close_labels_reference
-from npunet.preview import COLOURS, colour_of, encode_png, render_preview, write_preview
-from npunet.statistics import organ_statistics, voxel_volume_mm3, write_statistics
+from npunet.io.preview import COLOURS, colour_of, encode_png, render_preview, write_preview
+from npunet.io.statistics import organ_statistics, voxel_volume_mm3, write_statistics
 
 
 def random_blobs(shape, n_labels, seed, holes=0.15):

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import npunet.segment_cli as segment_cli
+from npunet import api, case
 from npunet.cli import main
 from npunet.errors import InputError
 from npunet.labels import LABELS
@@ -32,30 +32,42 @@ def fake_labels(volume):
     return (np.asarray(volume > 100, np.uint8) + np.asarray(volume > 400, np.uint8)).astype(np.uint8)
 
 
+class Fake(dict):
+    """Call counts ("load", "segment") of the stand-ins, and the stand-ins themselves (`inject`): the arguments
+    npunet.cli.main, npunet.api.segment and npunet.segment_many take for them."""
+
+    def __init__(self):
+        super().__init__(load=0, segment=0)
+
+        def load_model(weights=None):
+            self["load"] += 1
+            return FakeModel()
+
+        def segment_volume(volume, affine, model, batch_size=8, postprocess=True, progress=None, timings=None):
+            self["segment"] += 1
+            n = volume.shape[2]
+            for start in range(0, n, batch_size):
+                if progress:
+                    progress(min(start + batch_size, n), n)
+            return fake_labels(volume)
+        self.inject = {"load_model": load_model, "segment_volume": segment_volume}
+
+
+INJECTED: dict = {}     # what run_cli gives `npunet segment` while the fake fixture is active
+
+
 @pytest.fixture
-def fake(monkeypatch):
-    """Replace the weights loader and the network with fast fakes; records the calls."""
-    calls = {"load": 0, "segment": 0}
-
-    def load_model(weights=None):
-        calls["load"] += 1
-        return FakeModel()
-
-    def segment_array(volume, affine, model, batch_size=8, postprocess=True, progress=None, timings=None):
-        calls["segment"] += 1
-        n = volume.shape[2]
-        for start in range(0, n, batch_size):
-            if progress:
-                progress(min(start + batch_size, n), n)
-        return fake_labels(volume)
-
-    monkeypatch.setattr(segment_cli, "load_model", load_model)
-    monkeypatch.setattr(segment_cli, "segment_array", segment_array)
-    return calls
+def fake():
+    """Fast stand-ins for loading the weights and segmenting a volume, given to the command as arguments
+    (npunet.cli.main(argv, load_model=..., segment_volume=...)); records the calls."""
+    calls = Fake()
+    INJECTED.update(calls.inject)
+    yield calls
+    INJECTED.clear()
 
 
 def run_cli(capsys, *argv):
-    rc = main(["segment", *map(str, argv)])
+    rc = main(["segment", *map(str, argv)], **INJECTED)
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
@@ -142,7 +154,7 @@ def test_dicom_folder_input(data_dir, tmp_path, capsys, fake):
     rc, _, err = run_cli(capsys, data_dir / "dicom" / "ts_chest", "-o", tmp_path, "--quiet")
     assert rc == 0, err
     out = nib.load(tmp_path / "ts_chest.nii.gz")
-    from npunet.io import read_dicom_series
+    from npunet.io.dicom import read_dicom_series
     ref = read_dicom_series(data_dir / "dicom" / "ts_chest")
     assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
     assert np.array_equal(np.asarray(out.dataobj), fake_labels(ref.get_fdata(dtype=np.float32)))
@@ -346,11 +358,11 @@ def test_existing_output_without_overwrite(tmp_path, capsys, fake):
 
 
 def test_a_failing_late_stage_leaves_nothing(tmp_path, capsys, fake, monkeypatch):
-    import npunet.preview
+    import npunet.io.preview
 
     def broken(*args, **kwargs):
         raise InputError("disk full (simulated)")
-    monkeypatch.setattr(npunet.preview, "write_preview", broken)
+    monkeypatch.setattr(npunet.io.preview, "write_preview", broken)
     inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
     rc, _, err = run_cli(capsys, inp, "-o", slash(tmp_path / "out"), "--quiet", "--statistics", "--preview")
     assert rc != 0 and "disk full" in err
@@ -439,11 +451,11 @@ def test_split_output_rules(tmp_path, capsys, fake):
 
 
 def test_split_failure_leaves_nothing(tmp_path, capsys, fake, monkeypatch):
-    import npunet.preview
+    import npunet.io.preview
 
     def broken(*args, **kwargs):
         raise InputError("disk full (simulated)")
-    monkeypatch.setattr(npunet.preview, "write_preview", broken)
+    monkeypatch.setattr(npunet.io.preview, "write_preview", broken)
     inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
     rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "out" / "masks", "--split", "--preview", "--quiet")
     assert rc == 2 and "disk full" in err
@@ -454,14 +466,14 @@ def test_split_loses_to_a_folder_that_appears_meanwhile(tmp_path, capsys, fake, 
     """Another run publishes the same --split folder while this one writes its masks (both passed the check
     before any work): this run's folder is not published over it ("exists already", exit 2), the other
     run's folder is left as it is, and no staging folder remains."""
-    real = segment_cli.write_organ_masks
+    real = case.write_organ_masks
 
     def masks_then_another_run_finishes(labels, like, folder, organs):
         paths = real(labels, like, folder, organs)
         (tmp_path / "masks").mkdir()
         (tmp_path / "masks" / "labels.json").write_text("another run's\n")
         return paths
-    monkeypatch.setattr(segment_cli, "write_organ_masks", masks_then_another_run_finishes)
+    monkeypatch.setattr(case, "write_organ_masks", masks_then_another_run_finishes)
     inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
     rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "masks", "--split", "--statistics", "--quiet")
     print(f"\n  rc {rc}: {err.strip()}")
@@ -483,13 +495,14 @@ def test_split_overwrite_takes_back_only_its_own_folder(tmp_path, capsys, fake, 
 
     def fail_after_publishing(*args, **kwargs):
         raise InputError("simulated failure after the folder was published")
-    real_log = segment_cli._Log.say
+    from npunet.progress import Log
+    real_log = Log.say
 
     def say(self, text):
         real_log(self, text)
         if "wrote the folder" in text:
             fail_after_publishing()
-    monkeypatch.setattr(segment_cli._Log, "say", say)
+    monkeypatch.setattr(Log, "say", say)
     rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "masks", "--split", "--overwrite")
     assert rc == 2 and "simulated failure" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
@@ -530,7 +543,7 @@ def test_dicom_seg_output_rules_and_failures(data_dir, tmp_path, capsys, fake, m
     assert rc == 2 and "no organ found" in err and all_files(out) == []
     # a failure while writing the object or a later file leaves nothing
     import highdicom
-    import npunet.preview
+    import npunet.io.preview
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device (simulated)")   # atomic_write turns it into one line
@@ -543,7 +556,7 @@ def test_dicom_seg_output_rules_and_failures(data_dir, tmp_path, capsys, fake, m
         seen.extend(all_files(out))          # the SEG and the statistics are written by then
         raise InputError("disk full (simulated)")
     seen = []
-    monkeypatch.setattr(npunet.preview, "write_preview", broken_preview)
+    monkeypatch.setattr(npunet.io.preview, "write_preview", broken_preview)
     rc, _, err = run_cli(capsys, series, "-o", slash(out), "--output-type", "dicom-seg", "--statistics", "--preview",
                          "--quiet")
     assert rc == 2 and "disk full" in err and all_files(out) == []
@@ -607,37 +620,38 @@ def test_folder_mode_existing_outputs_stop_before_work(tmp_path, capsys, fake):
 
 def test_segment_image_api(data_dir, fake):
     img = nib.load(data_dir / "imagesTr" / "ts_cta_0000.nii.gz")
-    out = segment_cli.segment_image(img, model=FakeModel())
+    out = api.segment_image(img, model=FakeModel(), segment_volume=fake.inject["segment_volume"])
     assert isinstance(out, nib.Nifti1Image) and out.get_data_dtype() == np.uint8
     assert out.shape == img.shape and np.array_equal(out.affine, img.affine)
     assert int(out.header["qform_code"]) == int(img.header["qform_code"])
     assert int(out.header["sform_code"]) == int(img.header["sform_code"])
     assert np.array_equal(np.asarray(out.dataobj), fake_labels(img.get_fdata(dtype=np.float32)))
     with pytest.raises(InputError, match="NaN"):
-        segment_cli.segment_image(nib.Nifti1Image(np.full((4, 4, 4), np.nan, np.float32), np.eye(4)))
+        api.segment_image(nib.Nifti1Image(np.full((4, 4, 4), np.nan, np.float32), np.eye(4)), model=FakeModel(),
+                          segment_volume=fake.inject["segment_volume"])
     with pytest.warns(UserWarning, match="Hounsfield"):
-        segment_cli.segment_image(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)))
+        api.segment_image(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), model=FakeModel(),
+                          segment_volume=fake.inject["segment_volume"])
     import npunet
-    if hasattr(npunet, "segment_image"):
-        again = npunet.segment_image(img, model=FakeModel())
-        assert np.array_equal(np.asarray(again.dataobj), np.asarray(out.dataobj))
+    again = npunet.segment_image(img, model=FakeModel(), segment_volume=fake.inject["segment_volume"])
+    assert np.array_equal(np.asarray(again.dataobj), np.asarray(out.dataobj))
 
 
 def test_segment_function_returns_results(tmp_path, fake):
     inp = save(tmp_path / "in" / "ct_0000.nii.gz", small_ct())
-    results = segment_cli.segment(inp, slash(tmp_path / "out"), statistics=True)
+    results = api.segment(inp, slash(tmp_path / "out"), statistics=True, **fake.inject)
     assert [(r.case, r.ok, r.output.name) for r in results] == [("ct", True, "ct.nii.gz")]
+    r = results[0]
+    assert r.read_seconds > 0 and r.segment_seconds > 0 and r.write_seconds > 0
+    # the first case's read overlaps loading the weights; segmenting and writing are inside the case's time
+    assert r.seconds >= r.segment_seconds + r.write_seconds and fake["load"] == 1
 
 
 # ------------------------------------------------------------------------------------- real network --
 
 def real_weights():
-    """The lead's pipeline and a weights file (test fixture or shipped); skip until both exist."""
-    pytest.importorskip("npunet.pipeline")
-    import npunet
-    candidates = [REPO / "tests" / "fixtures" / "dsconv_eca_unet.npuw"]
-    if hasattr(npunet, "default_weights_path"):
-        candidates.append(Path(npunet.default_weights_path()))
+    """A weights file (the test fixture, else the shipped weights)."""
+    candidates = [REPO / "tests" / "fixtures" / "dsconv_eca_unet.npuw", Path(api.default_weights_path())]
     for path in candidates:
         if path.exists():
             return path

@@ -30,16 +30,15 @@ import os, sys, time
 from npunet import signals
 signals.install()
 import nibabel as nib
-import npunet.segment_cli as sc
-import npunet.statistics as st
+import npunet.io.statistics as st
 from npunet.labels import LABELS
 
 class FakeModel:
     labels = dict(LABELS)
     preprocessing = {}
 
-sc.load_model = lambda weights=None: FakeModel()
-sc.segment_array = lambda volume, affine, model, **kw: (volume > 100).astype("uint8")
+load_model = lambda weights=None: FakeModel()
+segment_volume = lambda volume, affine, model, **kw: (volume > 100).astype("uint8")
 mode, flags = sys.argv[1], sys.argv[2]
 
 def wait_here(path):
@@ -62,7 +61,7 @@ def write_text(path, text):
         wait_here(path)
 nib.save, st._write_text = save, write_text
 from npunet.cli import console
-sys.exit(console(sys.argv[3:]))
+sys.exit(console(sys.argv[3:], load_model=load_model, segment_volume=segment_volume))
 '''
 
 

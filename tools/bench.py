@@ -1,8 +1,8 @@
 """Benchmark npunet's network forward against its competitors, side by side in one run.
 
-    python tools/bench.py                       # default model, batch 1 and 8, 5 rounds
-    python tools/bench.py --batch 8 --rounds 7 --threads 2 --json out.json
-    python tools/bench.py --threads 1 2 4 8 16  # thread scaling: the whole table per thread count
+    python -m tools.bench                       # default model, batch 1 and 8, 5 rounds
+    python -m tools.bench --batch 8 --rounds 7 --threads 2 --json out.json
+    python -m tools.bench --threads 1 2 4 8 16  # thread scaling: the whole table per thread count
 
 Every run starts with a header saying where it ran (CPU model and family, Numba's CPU name and vector ISA,
 the compile features, numba/llvmlite versions, threading layer, threads, npunet's kernel build tag and tuned
@@ -17,13 +17,14 @@ slowed every engine by 30-70 %). The table gives the median time per call, the t
 to npunet. An engine that is not installed is skipped with a note.
 First-call (Numba compilation or cache load) time is reported separately from the steady state.
 
-    python tools/bench.py --case 100 300        # whole `npunet segment` file-to-file, 512x512xN CT
-    python tools/bench.py --startup             # first call (fresh Numba cache) vs warm start
+    python -m tools.bench --case 100 300        # whole `npunet segment` file-to-file, 512x512xN CT
+    python -m tools.bench --startup             # first call (fresh Numba cache) vs warm start
 
 --case builds a 512x512xN CT by tiling ts_chest_0000.nii.gz (512x512x20) along z (imagesTr/ of
 $NPUNET_DATA, default ../shared/data), writes it to a temporary NIfTI, then runs `npunet segment` on it
-in a fresh subprocess (per-stage seconds from npunet.pipeline.segment_array's `timings`, plus read and
-write), next to the same case through the torch forward (tools/torch_pipeline.py). Peak RSS is the child's
+in a fresh subprocess (tools/bench_children/npunet_case.py: the read, segment and write seconds and the
+pipeline's stages that npunet.api.segment reports), next to the same case through the torch forward
+(tools/bench_children/torch_case.py, tools/torch_pipeline.py). Peak RSS is the child's
 own getrusage(RUSAGE_SELF).ru_maxrss at exit
 (what getrusage(RUSAGE_CHILDREN) reports, for that one child). --startup times, in fresh
 subprocesses, the first network call with an empty NUMBA_CACHE_DIR (compilation) and again with that cache
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
 
 
 def vector_isa(features: str) -> str:
@@ -60,15 +61,16 @@ def machine_header(threads) -> dict:
     """Where the benchmark ran: what a figure from another machine must be compared with."""
     import llvmlite
     import numba
-    import npunet
     from npunet import tuning
     from npunet.kernels import _numba
+    from npunet.machine import cpu_model
+    from npunet.version import __version__
     from npunet.kernels.conv import pointwise_conv
     pointwise_conv(np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.float32))  # starts the pool
     features = _numba.cpu_features()
-    return {"cpu": tuning.cpu_model(), "logical_cpus": os.cpu_count(), "numba_cpu_name": _numba.cpu_name(),
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "numba_cpu_name": _numba.cpu_name(),
             "vector_isa": vector_isa(features), "cpu_features": features,
-            "numba": numba.__version__, "llvmlite": llvmlite.__version__, "npunet": npunet.__version__,
+            "numba": numba.__version__, "llvmlite": llvmlite.__version__, "npunet": __version__,
             "kernel_build_tag": _numba.BUILD_TAG, "threading_layer": numba.threading_layer(),
             "threads": threads, "tiles": tuning.describe(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
@@ -175,63 +177,12 @@ def bench_forward(weights_path: Path, batch: int, rounds: int, threads: int, rep
 
 # ---- whole case, file to file, in fresh subprocesses ----------------------------------------------------
 
-REPO = Path(__file__).resolve().parent.parent
-
-# Runs in the child: `npunet segment` through its own entry point, with the reader, the writer and
-# segment_array wrapped to record their seconds; prints one JSON line.
-_NPUNET_CHILD = r"""
-import json, sys, time
-t_start = time.perf_counter()
-import npunet.segment_cli as sc
-rec = {"timings": {}}
-def timed(name, fn):
-    def wrap(*a, **k):
-        t = time.perf_counter(); r = fn(*a, **k); rec[name] = rec.get(name, 0.0) + time.perf_counter() - t
-        return r
-    return wrap
-sc.read_job = timed("read", sc.read_job)
-sc.write_labels = timed("write", sc.write_labels)
-_seg = sc.segment_array
-def seg(*a, timings=None, **k):
-    out = _seg(*a, timings=rec["timings"], **k)
-    if timings is not None:
-        timings.update(rec["timings"])
-    return out
-sc.segment_array = seg
-from npunet.cli import console   # what the `npunet` command runs
-rc = console(["segment", sys.argv[1], "-o", sys.argv[2], "--overwrite", "--quiet"] + sys.argv[3:])
-rec["rc"] = rc
-rec["in_process_s"] = time.perf_counter() - t_start
-import resource; rec["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("BENCH_JSON " + json.dumps(rec))
-"""
-
-_TORCH_CHILD = r"""
-import json, sys, time
-t_start = time.perf_counter()
-import numpy as np, nibabel as nib, torch
-torch.set_num_threads(int(sys.argv[3]))
-sys.path.insert(0, sys.argv[4])
-import npunet
-from tools.torch_pipeline import segment_array_torch, torch_model_from_weights
-rec = {}
-model, header = torch_model_from_weights(npunet.default_weights_path())
-t = time.perf_counter(); img = nib.load(sys.argv[1]); vol = np.asarray(img.dataobj, dtype=np.float32)
-rec["read"] = time.perf_counter() - t
-t = time.perf_counter(); labels = segment_array_torch(vol, img.affine, model, header["preprocessing"])
-rec["segment"] = time.perf_counter() - t
-t = time.perf_counter(); out = nib.Nifti1Image(labels, img.affine, img.header); out.set_data_dtype(np.uint8)
-nib.save(out, sys.argv[2]); rec["write"] = time.perf_counter() - t
-rec["in_process_s"] = time.perf_counter() - t_start
-import resource; rec["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("BENCH_JSON " + json.dumps(rec))
-"""
-
-
-def run_child(code: str, args: list[str], env: dict | None = None) -> dict:
-    """Run `python -c code args` fresh; its JSON record plus wall seconds and peak RSS (MiB)."""
+def run_child(program: str, args: list[str], env: dict | None = None) -> dict:
+    """Run `python -m tools.bench_children.PROGRAM args` fresh; its JSON record plus wall seconds and peak RSS
+    (MiB)."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", f"tools.bench_children.{program}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             cwd=str(REPO), env={**os.environ, **(env or {})}, text=True)
     out, err = proc.communicate()
     wall = time.perf_counter() - t
@@ -274,13 +225,12 @@ def bench_case(sizes: list[int], threads: int, torch_too: bool = True) -> list[d
     for nz in sizes:
         path = make_case(nz, folder)
         out = folder / f"labels_{nz}.nii.gz"
-        run_child(_NPUNET_CHILD, [str(path), str(out), "--threads", str(threads)])   # warms the Numba cache
-        rec = run_child(_NPUNET_CHILD, [str(path), str(out), "--threads", str(threads)])
+        run_child("npunet_case", [str(path), str(out), "--threads", str(threads)])   # warms the Numba cache
+        rec = run_child("npunet_case", [str(path), str(out), "--threads", str(threads)])
         rows.append({"engine": "npunet", "nz": nz, **rec})
         if torch_too:
             try:
-                rec = run_child(_TORCH_CHILD, [str(path), str(folder / f"torch_{nz}.nii.gz"), str(threads),
-                                               str(REPO)])
+                rec = run_child("torch_case", [str(path), str(folder / f"torch_{nz}.nii.gz"), str(threads)])
                 rows.append({"engine": "torch forward", "nz": nz, **rec})
             except RuntimeError as exc:
                 rows.append({"engine": "torch forward", "nz": nz, "error": str(exc).splitlines()[-1]})
@@ -302,27 +252,12 @@ def print_case(rows: list[dict]) -> None:
     print("  (torch forward: 'network' is its whole segment_array_torch, post-processing included)")
 
 
-_STARTUP_CHILD = r"""
-import json, time
-t0 = time.perf_counter()
-import numpy as np
-import npunet
-net = npunet.load()
-t1 = time.perf_counter()
-net(np.zeros((1, 3, 192, 192), np.float32))
-t2 = time.perf_counter()
-import resource
-print("BENCH_JSON " + json.dumps({"import_load_s": t1 - t0, "first_forward_s": t2 - t1, "total_s": t2 - t0,
-                                 "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-"""
-
-
 def bench_startup() -> list[dict]:
     cache = Path(tempfile.mkdtemp(prefix="npunet_numba_cache_"))
     env = {"NUMBA_CACHE_DIR": str(cache)}
-    rows = [{"run": "first call (empty cache, compiles)", **run_child(_STARTUP_CHILD, [], env)}]
+    rows = [{"run": "first call (empty cache, compiles)", **run_child("startup", [], env)}]
     for i in range(3):
-        rows.append({"run": f"warm start {i + 1} (cache present)", **run_child(_STARTUP_CHILD, [], env)})
+        rows.append({"run": f"warm start {i + 1} (cache present)", **run_child("startup", [], env)})
     # "start s" is the start-up itself: import, weights, kernels, first forward; the process wall adds the
     # interpreter's own start and exit (at exit, the final garbage collection of Numba's objects).
     print(f"{'run':<36} {'import+load s':>13} {'first forward s':>16} {'start s':>8} {'process wall s':>15}")

@@ -1,13 +1,13 @@
-"""Input and output: NIfTI and DICOM readers, the label-map writer, the INPUT -> OUTPUT job planner, and the
-image validation layer (npunet.io.validate) they all go through."""
+"""Everything that touches files and formats, one concern per module:
 
-from npunet.io.cases import Job, case_name, plan_jobs, read_job
-from npunet.io.dicom import read_dicom_series
-from npunet.io.nifti import (check_output_path, hu_range_warning, labels_image, labels_json_path, read_ct,
-                             validate_image, write_labels)
-from npunet.io.validate import check_same_grid, image_warnings, orientation_affine, parse_axcodes
-from npunet.publish import atomic_write
-
-__all__ = ["Job", "case_name", "plan_jobs", "read_job", "read_dicom_series", "check_output_path",
-           "hu_range_warning", "labels_image", "labels_json_path", "read_ct", "validate_image", "write_labels",
-           "check_same_grid", "image_warnings", "orientation_affine", "parse_axcodes", "atomic_write"]
+    ct.py         the one CT reader (a CT record: image, voxels, orientation, voxel sizes, warnings)
+    cases.py      INPUT -> OUTPUT: which images a command reads and where each case's output goes
+    nifti.py      reading NIfTI CTs; writing label maps, their label-name sidecars and per-organ masks
+    dicom.py      reading a DICOM series into an image on the patient's grid
+    dicom_seg.py  writing a DICOM Segmentation over the input series (highdicom)
+    validate.py   whether an image can be segmented or scored, decided in one place
+    paths.py      the one check of an output path, before any work
+    statistics.py per-organ voxels, volumes and mean HU, as CSV and JSON
+    preview.py    a PNG of axial and coronal slices with the labels blended in
+Every file is written through npunet.publish (temporary name, then published; never half-written).
+"""

@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
-from npunet.io.nifti import one_line
+from npunet.text import one_line
 from npunet.io.validate import check_affine, check_voxels
 from npunet.resources import check_memory
 from npunet.third_party import captured

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from npunet.errors import InputError, NpunetError
-from npunet.io.nifti import _make_parent
+from npunet.io.paths import make_parent
 from npunet.publish import atomic_write
 
 HIGHDICOM_HINT = "pip install 'npunet[dicom]' (or: pip install highdicom)"
@@ -174,6 +174,6 @@ def write_dicom_seg(labels: np.ndarray, headers: list, path: str | os.PathLike, 
     seg, notes = build_segmentation(labels, headers, label_names, version=version, weights_sha256=weights_sha256,
                                     model_name=model_name)
     path = Path(path)
-    _make_parent(path)
+    make_parent(path)
     atomic_write(path, lambda tmp: seg.save_as(tmp), overwrite=overwrite)
     return notes

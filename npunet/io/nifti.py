@@ -30,8 +30,11 @@ from npunet.errors import InputError
 from npunet.io.validate import (check_affine, check_dims, check_header, check_header_fields, check_orientation,
                                 check_voxels, parse_header)
 from npunet.io.validate import hu_range_warning  # noqa: F401  (re-exported: npunet.io, older callers)
-from npunet.publish import atomic_write, check_writable, exists_message, unpublish
+from npunet.io.paths import check_output_file, make_parent
+from npunet.io.paths import check_output_folder as _check_output_folder
+from npunet.publish import atomic_write, unpublish
 from npunet.resources import check_memory
+from npunet.text import one_line
 from npunet.third_party import captured
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -244,59 +247,8 @@ def labels_image(labels: np.ndarray, like: nib.Nifti1Image) -> nib.Nifti1Image:
 
 def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None = None,
                       overwrite: bool = False, also: tuple = (), suffixes: tuple = NIFTI_SUFFIXES) -> Path:
-    """Refuse, before any work is done, an output we could not or should not write; returns it as a Path.
-
-    Raises InputError when: the name does not end in one of `suffixes` (default .nii.gz/.nii); it is the
-    input itself (after resolving links), or lies inside the input when that is a folder (a DICOM series:
-    a file there would join the series' files); it or one of the `also` files (sidecars) exists and
-    overwrite is False; it is a folder; a name is longer than a file system takes; or the folder it goes
-    into (or its nearest existing parent, which we would create below) is not writable
-    (npunet.publish.check_writable).
-    """
-    output = Path(output)
-    if not output.name.lower().endswith(tuple(suffixes)):
-        raise InputError(f"{output}: the output must be a {' or '.join(suffixes)} file name (or a folder)")
-    if input_path is not None:
-        _check_not_input(output, Path(input_path))
-    if output.is_dir():
-        raise InputError(f"{output}: is a folder; give a file name or a folder ending with '/'")
-    if not overwrite:
-        for p in (output, *map(Path, also)):
-            if p.exists() or p.is_symlink():
-                raise InputError(exists_message(p))
-    _check_name_lengths(output, *also)
-    check_writable(output)
-    return output
-
-
-def check_output_folder(folder: str | os.PathLike, input_path: str | os.PathLike | None = None,
-                        overwrite: bool = False) -> Path:
-    """check_output_path for an output that is a folder (--split's folder of masks); returns it as a Path.
-
-    Raises InputError when: the folder is the input, holds it, or lies inside an input folder; it is a file;
-    it exists with files in it and overwrite is False, or overwrite is True but it is not a folder of
-    npunet masks (no labels.json: it is replaced whole, so only a folder that npunet wrote may be); its name
-    is longer than a file system takes; or its parent (or nearest existing ancestor) is not writable
-    (npunet.publish.check_writable). An empty folder is fine: publishing replaces it.
-    """
-    folder = Path(folder)
-    if input_path is not None:
-        inp = Path(input_path).resolve()
-        if inp == folder.resolve() or folder.resolve() in inp.parents:
-            raise InputError(f"{folder}: the output folder is or holds the input; choose another folder")
-        _check_not_input(folder, inp)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise InputError(f"{folder}: is a file or a link; the masks go into a folder of their own")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not overwrite:
-            raise InputError(f"{folder}: exists already with files in it; pass --overwrite (overwrite=True) "
-                             f"to replace it")
-        if not is_masks_folder(folder):
-            raise InputError(f"{folder}: is not a folder of npunet masks (it has no {MASKS_MARKER}); not "
-                             f"replacing it: choose a new or empty folder")
-    _check_name_lengths(folder)
-    check_writable(folder)
-    return folder
+    """npunet.io.paths.check_output_file for a label map (and its `also` sidecars) made from `input_path`."""
+    return check_output_file(output, (input_path,), overwrite, also, suffixes)
 
 
 def is_masks_folder(folder: str | os.PathLike) -> bool:
@@ -304,22 +256,12 @@ def is_masks_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MASKS_MARKER).is_file()
 
 
-def _check_not_input(output: Path, inp: Path) -> None:
-    same = output.resolve() == inp.resolve()
-    if not same and output.exists() and inp.exists():
-        same = os.path.samefile(output, inp)
-    if same:
-        raise InputError(f"{output}: the output is the input file; choose another output name")
-    if inp.is_dir() and inp.resolve() in output.resolve().parents:
-        raise InputError(f"{output}: is inside the input series folder; write it elsewhere (a file there would "
-                         f"join the series' files)")
-
-
-def _check_name_lengths(*paths) -> None:
-    for p in map(Path, paths):
-        if len(p.name.encode("utf-8", "surrogateescape")) > 255:
-            raise InputError(f"{p.name[:60]}...: the file name is {len(p.name)} characters, more than a file "
-                             f"system takes (255 bytes)")
+def check_output_folder(folder: str | os.PathLike, input_path: str | os.PathLike | None = None,
+                        overwrite: bool = False) -> Path:
+    """npunet.io.paths.check_output_folder for --split's folder of masks: only a folder of npunet masks
+    (holding labels.json) may be replaced."""
+    return _check_output_folder(folder, (input_path,), overwrite, may_replace=is_masks_folder,
+                                kind="npunet masks", marker=MASKS_MARKER)
 
 
 def write_labels(labels: np.ndarray, like: nib.Nifti1Image, path: str | os.PathLike, overwrite: bool = False,
@@ -338,7 +280,7 @@ def write_labels(labels: np.ndarray, like: nib.Nifti1Image, path: str | os.PathL
     img = labels_image(labels, like)
     if label_names is None:
         label_names = _default_label_names()
-    _make_parent(path)
+    make_parent(path)
     atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
     try:
         write_label_names(label_names, sidecar, overwrite=overwrite)
@@ -387,17 +329,4 @@ def _default_label_names() -> dict[int, str]:
     return dict(LABELS)
 
 
-def _make_parent(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot create the output folder ({one_line(exc)})") from None
 
-
-def one_line(exc: BaseException, path=None) -> str:
-    """The exception's text on one line, at most 200 characters, with `path` (already named) shortened."""
-    text = str(exc)
-    if path is not None:
-        text = text.replace(f"File {path} is ", "").replace(f'"{path}"', "it").replace(str(path), "the file")
-    text = " ".join(text.split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -31,6 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
+from npunet.preprocess import voxel_sizes
 from npunet.resources import check_memory, format_bytes
 
 DEFLATE_MAX_RATIO = 1032          # the most one byte of deflate stream can expand to (zlib's technical notes)
@@ -287,7 +288,7 @@ def image_warnings(img, data: np.ndarray | None = None, assume: str | None = Non
                        f"as the NIfTI standard says (other programs may show the image mirrored)")
     elif nifti and assume is not None:
         out.append(f"no orientation in the header: assuming {parse_axcodes(assume)} (--assume-orientation)")
-    zooms = np.sqrt((np.asarray(orientation_affine(img, assume) if nifti else img.affine)[:3, :3] ** 2).sum(0))
+    zooms = voxel_sizes(orientation_affine(img, assume) if nifti else img.affine)
     lo, hi = PLAUSIBLE_VOXEL_MM
     if np.any(zooms < lo) or np.any(zooms > hi):
         out.append(f"voxel size {' x '.join(f'{z:.4g}' for z in zooms)} mm is unusual for a CT "

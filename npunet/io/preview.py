@@ -18,6 +18,7 @@ import zlib
 import numpy as np
 from nibabel import orientations
 
+from npunet.preprocess import canonical_voxel_sizes
 from npunet.publish import atomic_write
 
 WINDOW_HU = (-160.0, 240.0)  # abdomen soft-tissue window: level 40, width 400
@@ -52,9 +53,7 @@ def colour_of(label: int) -> tuple[int, int, int]:
 def _to_ras(volume: np.ndarray, labels: np.ndarray, affine: np.ndarray):
     ornt = orientations.io_orientation(affine)
     to_ras = orientations.ornt_transform(ornt, orientations.axcodes2ornt("RAS"))
-    zooms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
-    zooms_ras = np.empty(3)
-    zooms_ras[ornt[:, 0].astype(int)] = zooms
+    zooms_ras = canonical_voxel_sizes(affine, "RAS")
     return (orientations.apply_orientation(volume, to_ras), orientations.apply_orientation(labels, to_ras),
             zooms_ras)
 

@@ -5,6 +5,10 @@ change that the stored choice cannot see (a busy machine at the first run, anoth
 
 from __future__ import annotations
 
+from npunet import tuning
+from npunet.errors import NpunetError
+from npunet.machine import use_threads
+
 
 def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="threads to measure with (default: all cores)")
@@ -12,14 +16,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import numba
-    from npunet import tuning
-    from npunet.errors import NpunetError
-    if args.threads is not None:
-        most = int(numba.config.NUMBA_NUM_THREADS)
-        if not 1 <= args.threads <= most:
-            raise NpunetError(f"--threads must be between 1 and {most}, got {args.threads}")
-        numba.set_num_threads(args.threads)
+    use_threads(args.threads)
     if args.repeats < 1:
         raise NpunetError(f"--repeats must be at least 1, got {args.repeats}")
     choice = tuning.tune(repeats=args.repeats)

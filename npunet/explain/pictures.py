@@ -7,7 +7,7 @@ Three colour scales, each for one kind of value:
                    pale yellow (perceptually ordered, readable in grey print)
 `radiological(plane)` turns a slice of the canonical RAS volume (X, Y), or any network map of it, into the
 way radiologists look at an axial slice: the patient's right on the image's left, anterior at the top (as
-npunet.preview does). PNGs are written by npunet.preview.encode_png (standard library only).
+npunet.io.preview does). PNGs are written by npunet.io.preview.encode_png (standard library only).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import base64
 
 import numpy as np
 
-from npunet.preview import encode_png
+from npunet.io.preview import encode_png
 
 # (position, RGB) anchors of the ramps; colours between anchors are interpolated linearly.
 DIVERGING_ANCHORS = ((0.0, (59, 76, 192)), (0.5, (247, 247, 247)), (1.0, (180, 4, 38)))

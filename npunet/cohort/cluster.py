@@ -11,8 +11,8 @@ LocalCluster or join a running scheduler, give each worker the network once, run
   and a manifest row travel through the scheduler.
 - When a worker dies holding a task, the scheduler gives the task to another worker (up to Dask's
   `distributed.scheduler.allowed-failures` times, 3 by default, then the future raises KilledWorker).
-Nothing here knows what a case is; npunet.cohort does, and imports this module only once it has checked
-that Dask is installed.
+Nothing here knows what a case is; npunet.cohort.runner does, and imports this module only once it has
+checked that Dask is installed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from distributed import WorkerPlugin
 
 from npunet.errors import NpunetError
-from npunet.io.manifest import file_digest
+from npunet.machine import use_threads
 
 
 class ModelOnWorker(WorkerPlugin):
@@ -43,22 +43,23 @@ class ModelOnWorker(WorkerPlugin):
 
     def _load(self) -> None:
         try:
-            import npunet
+            from npunet.network import from_file
             from npunet.pipeline import warm_up
-            from npunet.segment_cli import _set_threads, load_model
-            path = Path(self.weights) if self.weights else npunet.default_weights_path()
+            from npunet.weights import default_weights_path
+            path = Path(self.weights) if self.weights else default_weights_path()
             if not path.is_file():
                 self.error = (f"no weights file at {path} on host {socket.gethostname()}; give every worker the "
                               f"same file (--weights on the shared file system)")
                 return
-            found = file_digest(path)["sha256"]
+            model = from_file(path)
+            found = model.weights_sha256
             if found != self.sha256:
                 self.error = (f"the weights at {path} on host {socket.gethostname()} have SHA-256 {found[:12]}..., "
                               f"the run uses {self.sha256[:12]}...; give every worker the same file (--weights on "
                               f"the shared file system)")
                 return
-            self.model = load_model(str(path))
-            _set_threads(self.threads)
+            self.model = model
+            use_threads(self.threads)
             warm_up(self.model)
         except Exception as exc:   # reported by every task of this worker, as the case's error
             self.error = " ".join(f"{type(exc).__name__ if not isinstance(exc, NpunetError) else ''} {exc}".split())
@@ -68,8 +69,7 @@ class ModelOnWorker(WorkerPlugin):
             self._loading.join()
             if self.error:
                 raise NpunetError(self.error)
-            from npunet.segment_cli import _set_threads
-            _set_threads(self.threads)           # Numba's thread count belongs to the calling thread
+            use_threads(self.threads)            # Numba's thread count belongs to the calling thread
             return fn(self.model, address, *args)
 
 
