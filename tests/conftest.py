@@ -1,14 +1,14 @@
 """Shared test fixtures. Real CT data is found through $NPUNET_DATA (default: ../shared/data beside the
-repository); tests that need it skip with a clear reason when it is absent, and .ci/run makes that an error."""
+repository); tests that need it skip with a clear reason when it is absent, and .ci/run makes that an error.
+Tests import the tools package (tools.train, tools.cv, ...) from the repository root, which pyproject.toml's
+pytest setting `pythonpath = ["."]` puts on sys.path."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # so tests can import tools.*
 
 DATA_DIR = Path(os.environ.get("NPUNET_DATA", REPO.parent / "shared" / "data"))
 

@@ -1,12 +1,16 @@
-"""tools/cv.py, the judge of training recipes: how fold scores become the table, and what it refuses.
+"""python -m tools.cv, the judge of training recipes: how fold scores become the table, what it refuses, and
+how it tells a trained fold from a partial one without torch.
 
 Training a fold takes minutes, so these tests feed the summary hand-made evaluate results; the folds
-themselves are trained and scored by the same tools/train.py, npunet segment and npunet evaluate that
-their own tests cover.
+themselves are trained and scored by the same `python -m tools.train`, npunet segment and npunet evaluate
+that their own tests cover (tests/test_train.py checks the status.json a run writes).
 """
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +64,24 @@ def test_recipe_must_not_choose_the_folds_own_options(tmp_path):
     with pytest.raises(SystemExit) as stop:
         cv.main(["--output", str(tmp_path), "--data", str(tmp_path / "no_data"), "--", "--holdout", "ts_chest"])
     assert "must not choose" in str(stop.value.code)
+
+
+def test_importing_cv_imports_no_torch():
+    """cv reads dataset.json and the folds' status.json itself; torch is loaded only to train or convert."""
+    code = "import sys, tools.cv; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cv.REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_fold_state_reads_status_json_and_falls_back_to_the_checkpoint(tmp_path):
+    import torch
+    from tools.training.status import write_status
+    assert cv.fold_state(tmp_path) == "new"
+    torch.save({"complete": True}, tmp_path / "checkpoint.pt")
+    assert cv.fold_state(tmp_path) == "trained"                     # no status.json: the checkpoint says
+    write_status(tmp_path, 3, 6, False)
+    assert cv.fold_state(tmp_path) == "partial"                     # status.json, newer: believed
+    ns = (tmp_path / "checkpoint.pt").stat().st_mtime_ns
+    os.utime(tmp_path / "status.json", ns=(ns - 10**9, ns - 10**9))
+    assert cv.fold_state(tmp_path) == "trained"                     # older than the checkpoint: not trusted

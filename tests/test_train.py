@@ -1,4 +1,4 @@
-"""tools/train.py: the marginal Dice + CE loss for partial labels, augmentation invariants, training inputs
+"""python -m tools.train and tools/training/: the marginal Dice + CE loss for partial labels, augmentation invariants, training inputs
 equal to npunet's inference inputs, and a tiny training run whose checkpoint converts by name."""
 
 import json
@@ -10,7 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from tools import train as T  # noqa: E402
+from tools import REPO, train  # noqa: E402
+from tools.training.augment import (AUGMENT_DEFAULTS, augment_batch, identity_augment_params,  # noqa: E402
+                                    sample_augment_params)
+from tools.training.data import build_dataset, resize_labels_nearest  # noqa: E402
+from tools.training.description import annotated_organs, label_names, parse_unknown, read_dataset_json  # noqa: E402
+from tools.training.loss import marginal_dice_ce_loss  # noqa: E402
+from tools.training.sampling import OrganSampler  # noqa: E402
+from tools.training.status import read_status  # noqa: E402
 
 C = 14
 
@@ -33,7 +40,7 @@ def test_loss_fully_annotated_is_standard_ce_plus_dice():
     logits = torch.randn(3, C, 9, 7, generator=gen, dtype=torch.float64)
     target = torch.randint(0, C, (3, 9, 7), generator=gen)
     known = torch.ones(3, C, dtype=torch.bool)
-    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, known)
+    loss, dice, ce = marginal_dice_ce_loss(logits, target, known)
     ce_ref = F.cross_entropy(logits.float(), target)
     dice_ref = _reference_dice_loss(logits.float(), target, range(1, C))
     print(f"|ce - F.cross_entropy| = {abs(ce - ce_ref).item():.2e}, |dice - ref| = {abs(dice - dice_ref).item():.2e}")
@@ -57,12 +64,12 @@ def test_loss_unknown_organ_is_not_penalised_as_background():
     b = a.clone()
     bg = target == 0
     b[:, 0][bg], b[:, k][bg] = a[:, k][bg], a[:, 0][bg]  # the same mass on organ k where the label is 0
-    la, lb = T.marginal_dice_ce_loss(a, target, known), T.marginal_dice_ce_loss(b, target, known)
+    la, lb = marginal_dice_ce_loss(a, target, known), marginal_dice_ce_loss(b, target, known)
     for x, y in zip(la, lb):
         assert torch.allclose(x, y, atol=1e-6), (la, lb)
     # With k annotated, the same move is penalised (the standard loss).
     full = torch.ones(2, C, dtype=torch.bool)
-    assert T.marginal_dice_ce_loss(b, target, full)[0] > T.marginal_dice_ce_loss(a, target, full)[0] + 1.0
+    assert marginal_dice_ce_loss(b, target, full)[0] > marginal_dice_ce_loss(a, target, full)[0] + 1.0
 
 
 def test_loss_by_hand():
@@ -70,13 +77,13 @@ def test_loss_by_hand():
     logits = torch.zeros(1, 3, 1, 2)
     target = torch.tensor([[[0, 1]]])
     s = 1e-5
-    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, torch.tensor([[True, True, True]]), smooth=s)
+    loss, dice, ce = marginal_dice_ce_loss(logits, target, torch.tensor([[True, True, True]]), smooth=s)
     assert ce.item() == pytest.approx(math.log(3), abs=1e-6)
     d1 = (2 / 3 + s) / (2 / 3 + 1 + s)                   # tp 1/3, sum p 2/3, sum g 1
     d2 = s / (2 / 3 + s)                                 # class 2 absent
     assert dice.item() == pytest.approx(1 - (d1 + d2) / 2, abs=1e-6)
     # Class 2 unknown: pixel 0 (label 0) scores log(p0 + p2) = log(2/3); Dice over class 1 only.
-    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, torch.tensor([[True, True, False]]), smooth=s)
+    loss, dice, ce = marginal_dice_ce_loss(logits, target, torch.tensor([[True, True, False]]), smooth=s)
     assert ce.item() == pytest.approx((-math.log(2 / 3) - math.log(1 / 3)) / 2, abs=1e-6)
     assert dice.item() == pytest.approx(1 - d1, abs=1e-6)
     assert loss.item() == pytest.approx(ce.item() + dice.item(), abs=1e-6)
@@ -89,7 +96,7 @@ def test_loss_is_stable_and_differentiable_with_extreme_logits():
     target = torch.zeros(2, 4, 4, dtype=torch.long)
     known = torch.zeros(2, C, dtype=torch.bool)
     known[1, 3] = True                                   # sample 0 annotates nothing, sample 1 only organ 3
-    loss, dice, ce = T.marginal_dice_ce_loss(logits, target, known)
+    loss, dice, ce = marginal_dice_ce_loss(logits, target, known)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     assert ce.item() < 1e-3                              # organ 5 is unknown everywhere: merged into background
@@ -111,7 +118,7 @@ def test_augment_keeps_shapes_and_label_set():
     x, y = _batch()
     gen = torch.Generator().manual_seed(3)
     for _ in range(5):
-        xa, ya = T.augment_batch(x, y, generator=gen)
+        xa, ya = augment_batch(x, y, generator=gen)
         assert xa.shape == x.shape and ya.shape == y.shape and xa.dtype == x.dtype and ya.dtype == y.dtype
         assert set(torch.unique(ya).tolist()) <= {0, 3, 11, 13}
         assert torch.isfinite(xa).all()
@@ -119,7 +126,7 @@ def test_augment_keeps_shapes_and_label_set():
 
 def test_augment_with_identity_parameters_returns_input():
     x, y = _batch()
-    xa, ya = T.augment_batch(x, y, params=T.identity_augment_params(x.shape[0]))
+    xa, ya = augment_batch(x, y, params=identity_augment_params(x.shape[0]))
     print(f"identity augment: max |dx| = {(xa - x).abs().max().item():.2e}")
     assert torch.allclose(xa, x, atol=1e-5)
     assert torch.equal(ya, y)
@@ -129,10 +136,10 @@ def test_augment_rotation_moves_labels_with_the_image():
     """Labels and image go through the same grid: a label-coded image stays aligned with its labels."""
     x, y = _batch(n=2)
     x = y[:, None].float().expand(-1, 3, -1, -1).contiguous() / 13.0
-    p = T.identity_augment_params(2)
+    p = identity_augment_params(2)
     p["angle"] = torch.tensor([0.2, -0.25])
     p["scale"] = torch.tensor([1.15, 0.85])
-    xa, ya = T.augment_batch(x, y, params=p)
+    xa, ya = augment_batch(x, y, params=p)
     inside = (xa[:, 0] * 13.0 - ya.float()).abs() < 0.5     # agree except at blurred edges
     assert inside.float().mean() > 0.95
 
@@ -144,16 +151,16 @@ def test_flip_mirrors_the_slice_across_the_body_and_swaps_left_and_right_organs(
     x, y = _batch(n=2)
     y[:, 30:34, 10:14] = 2                                   # a right kidney at rows 30-33
     mirror = torch.tensor(mirror_labels())
-    p = T.identity_augment_params(2)
+    p = identity_augment_params(2)
     p["flip"] = torch.tensor([True, False])
-    xa, ya = T.augment_batch(x, y, params=p, mirror=mirror)
+    xa, ya = augment_batch(x, y, params=p, mirror=mirror)
     h = y.shape[1]
     assert torch.allclose(xa[0], x[0].flip(-2), atol=1e-5) and torch.allclose(xa[1], x[1], atol=1e-5)
     assert torch.equal(ya[1], y[1])
     assert (ya[0, h - 34:h - 30, 10:14] == 13).all()         # the right kidney, mirrored, is a left kidney
     assert (ya[0, h - 6:h - 2, 40:44] == 2).all()            # and the left kidney (13 at rows 2-5) a right one
     assert (ya[0, h - 40:h - 20, 25:45] == 11).all()         # unpaired organs keep their label
-    twice, y2 = T.augment_batch(xa, ya, params=p, mirror=mirror)
+    twice, y2 = augment_batch(xa, ya, params=p, mirror=mirror)
     assert torch.allclose(twice, x, atol=1e-5) and torch.equal(y2, y)
 
 
@@ -162,11 +169,11 @@ def test_organ_shift_moves_each_organ_by_its_own_value_on_every_channel():
     x = torch.full_like(x, 0.5)
     yc = y[:, None].expand(-1, 3, -1, -1).clone()
     yc[:, 0] = 0                                              # the slice below shows no organ
-    p = T.identity_augment_params(2)
+    p = identity_augment_params(2)
     p["organ_shift"] = torch.zeros(2, C)
     p["organ_shift"][0, 11] = 0.1
     p["organ_shift"][1, 13] = -0.2
-    xa, _ = T.augment_batch(x, y, params=p, y_context=yc)
+    xa, _ = augment_batch(x, y, params=p, y_context=yc)
     want = x + torch.where(yc == 11, 0.1, 0.0) * torch.tensor([1.0, 0.0])[:, None, None, None] \
         + torch.where(yc == 13, -0.2, 0.0) * torch.tensor([0.0, 1.0])[:, None, None, None]
     print(f"organ shift: max |diff| = {(xa - want).abs().max().item():.2e}")
@@ -174,10 +181,10 @@ def test_organ_shift_moves_each_organ_by_its_own_value_on_every_channel():
 
 
 def test_sampled_flip_and_organ_shift_are_drawn_only_when_asked():
-    cfg = {**T.AUGMENT_DEFAULTS}
-    plain = T.sample_augment_params(4, torch.Generator().manual_seed(0), cfg=cfg)
+    cfg = {**AUGMENT_DEFAULTS}
+    plain = sample_augment_params(4, torch.Generator().manual_seed(0), cfg=cfg)
     assert "flip" not in plain and "organ_shift" not in plain
-    on = T.sample_augment_params(400, torch.Generator().manual_seed(0),
+    on = sample_augment_params(400, torch.Generator().manual_seed(0),
                                  cfg={**cfg, "p_flip": 0.5, "organ_shift": 0.1})
     share = on["flip"].float().mean().item()
     assert 0.4 < share < 0.6
@@ -189,11 +196,11 @@ def test_sampled_flip_and_organ_shift_are_drawn_only_when_asked():
 
 def test_label_resize_uses_the_image_window_and_half_pixel_centres():
     lab = np.arange(4 * 6).reshape(1, 4, 6) + 1          # H=4, W=6 -> padded to 6x6 with one row each side
-    out = T.resize_labels_nearest(lab, 3)                 # src = floor((dst + 0.5) * 6 / 3) = 1, 3, 5
+    out = resize_labels_nearest(lab, 3)                 # src = floor((dst + 0.5) * 6 / 3) = 1, 3, 5
     padded = np.zeros((6, 6), int)
     padded[1:5] = lab[0]
     assert np.array_equal(out[0], padded[np.ix_([1, 3, 5], [1, 3, 5])])
-    assert np.array_equal(T.resize_labels_nearest(lab[:, :, :4], 4)[0], lab[0, :, :4])   # square: identity
+    assert np.array_equal(resize_labels_nearest(lab[:, :, :4], 4)[0], lab[0, :, :4])   # square: identity
 
 
 def test_training_inputs_equal_npunet_inference_inputs(data_dir):
@@ -203,7 +210,7 @@ def test_training_inputs_equal_npunet_inference_inputs(data_dir):
     from npunet.preprocess import DEFAULT_PREPROCESSING
 
     case = "ts_chest"
-    ds = T.build_dataset(data_dir, [case], DEFAULT_PREPROCESSING, verbose=False)
+    ds = build_dataset(data_dir, [case], DEFAULT_PREPROCESSING, verbose=False)
 
     seen = []
 
@@ -228,21 +235,21 @@ def test_training_inputs_equal_npunet_inference_inputs(data_dir):
 
 
 def test_partial_annotation_and_unknown_option(data_dir):
-    meta = T.read_dataset_json(data_dir)
-    names = T.label_names(meta)
-    unknown = T.parse_unknown(["ts_abdomen:esophagus", "ts_chest:10,left kidney"], names)
+    meta = read_dataset_json(data_dir)
+    names = label_names(meta)
+    unknown = parse_unknown(["ts_abdomen:esophagus", "ts_chest:10,left kidney"], names)
     assert unknown == {"ts_abdomen": [10], "ts_chest": [10, 13]}
-    assert T.annotated_organs("ts_cta", meta, unknown) == [5]
-    assert T.annotated_organs("ts_abdomen", meta, unknown) == [k for k in range(1, 14) if k != 10]
-    assert T.annotated_organs("not_listed", meta, {}) == list(range(1, 14))
+    assert annotated_organs("ts_cta", meta, unknown) == [5]
+    assert annotated_organs("ts_abdomen", meta, unknown) == [k for k in range(1, 14) if k != 10]
+    assert annotated_organs("not_listed", meta, {}) == list(range(1, 14))
 
 
 def test_tiny_training_run_writes_a_convertible_checkpoint(data_dir, tmp_path):
     from npunet.spec import expected_tensors
 
     out = tmp_path / "run"
-    rc = T.main(["--data", str(data_dir), "--cases", "ts_chest", "--epochs", "1", "--steps-per-epoch", "2",
-                 "--batch-size", "2", "--device", "cpu", "--threads", "2", "--output", str(out)])
+    rc = train.main(["--data", str(data_dir), "--cases", "ts_chest", "--epochs", "1", "--steps-per-epoch", "2",
+                     "--batch-size", "2", "--device", "cpu", "--threads", "2", "--output", str(out)])
     assert rc == 0
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert set(ckpt) >= {"spec", "state_dict", "config", "cases", "labels", "preprocessing"}
@@ -257,7 +264,7 @@ def test_tiny_training_run_writes_a_convertible_checkpoint(data_dir, tmp_path):
     assert len(log) == 1 and set(log[0]) >= {"epoch", "loss", "dice", "ce", "lr", "seconds"}
     assert math.isfinite(log[0]["loss"])
 
-    # tools/convert.py accepts it, and the npunet weights file carries the same tensors.
+    # python -m tools.convert accepts it, and the npunet weights file carries the same tensors.
     from npunet.weights import read_weights
     from tools.convert import convert
     header, tensors = read_weights(convert(out / "checkpoint.pt", tmp_path / "w.npuw"))
@@ -273,23 +280,23 @@ def test_organ_sampler_draws_rare_organs_as_often_as_common_ones():
     presence[:90, 1] = True                              # organ 1 on 90 slices, organ 2 on 10, 10 slices empty
     presence[90:, 2] = True
     presence[:, 0] = True
-    sampler = T.OrganSampler(presence, batch_size=8, seed=0, p_organ=1.0)
+    sampler = OrganSampler(presence, batch_size=8, seed=0, p_organ=1.0)
     drawn = torch.cat([sampler.next_batch() for _ in range(500)])
     share_rare = (drawn >= 90).float().mean().item()
     print(f"organ sampler: share of slices with the rare organ {share_rare:.3f} (it is on 10 % of the slices)")
     assert 0.45 < share_rare < 0.55
-    uniform = T.OrganSampler(presence, batch_size=8, seed=0, p_organ=0.0)
+    uniform = OrganSampler(presence, batch_size=8, seed=0, p_organ=0.0)
     share_uniform = (torch.cat([uniform.next_batch() for _ in range(500)]) >= 90).float().mean().item()
     assert 0.07 < share_uniform < 0.13
 
 
 def test_spacing_aware_zoom_brings_every_scan_to_the_drawn_pixel_size():
-    cfg = {**T.AUGMENT_DEFAULTS, "zoom_mm": [2.0, 2.0]}
-    params = T.sample_augment_params(3, torch.Generator().manual_seed(0), cfg=cfg,
+    cfg = {**AUGMENT_DEFAULTS, "zoom_mm": [2.0, 2.0]}
+    params = sample_augment_params(3, torch.Generator().manual_seed(0), cfg=cfg,
                                      mm_per_pixel=torch.tensor([1.0, 2.0, 4.0]))
     assert torch.allclose(params["scale"], torch.tensor([0.5, 1.0, 2.0]))   # a 1 mm pixel shrinks by half
     with pytest.raises(ValueError, match="mm_per_pixel"):
-        T.sample_augment_params(3, cfg=cfg)
+        sample_augment_params(3, cfg=cfg)
 
 
 def test_translate_moves_image_and_labels_by_the_given_fraction():
@@ -297,9 +304,9 @@ def test_translate_moves_image_and_labels_by_the_given_fraction():
     y = torch.zeros(1, 64, 64, dtype=torch.long)
     x[..., 28:36, 28:36] = 1.0
     y[..., 28:36, 28:36] = 4
-    p = T.identity_augment_params(1)
+    p = identity_augment_params(1)
     p["translate"] = torch.tensor([[0.5, -0.25]])        # +0.5 half-width along W, -0.25 along H
-    xa, ya = T.augment_batch(x, y, params=p)
+    xa, ya = augment_batch(x, y, params=p)
     cols = torch.nonzero(ya[0] == 4)
     assert cols[:, 1].float().mean().item() == pytest.approx(31.5 + 16, abs=0.6)
     assert cols[:, 0].float().mean().item() == pytest.approx(31.5 - 8, abs=0.6)
@@ -307,16 +314,17 @@ def test_translate_moves_image_and_labels_by_the_given_fraction():
 
 
 def test_dataset_records_pixel_size_and_organ_presence(data_dir):
-    ds = T.build_dataset(data_dir, ["ts_chest"], verbose=False)
+    ds = build_dataset(data_dir, ["ts_chest"], verbose=False)
     assert torch.allclose(ds["mm_per_pixel"], torch.full((20,), 512 * 0.9766 / 192), rtol=1e-3)
     for i in range(20):
         assert ds["presence"][i].tolist() == [bool((ds["labels"][i] == k).any()) for k in range(C)]
 
 
 def _tiny_run(data_dir, out, *extra):
-    return T.main(["--data", str(data_dir), "--cases", "ts_chest,amos_0013", "--epochs", "2", "--steps-per-epoch",
-                   "3", "--batch-size", "2", "--device", "cpu", "--threads", "2", "--sampling", "organs",
-                   "--zoom-mm", "0.85", "3.0", "--translate", "0.1", "--output", str(out), *extra])
+    return train.main(["--data", str(data_dir), "--cases", "ts_chest,amos_0013", "--epochs", "2",
+                       "--steps-per-epoch", "3", "--batch-size", "2", "--device", "cpu", "--threads", "2",
+                       "--sampling", "organs", "--zoom-mm", "0.85", "3.0", "--translate", "0.1", "--output", str(out),
+                       *extra])
 
 
 def test_resumed_run_gives_the_weights_of_an_uninterrupted_run(data_dir, tmp_path):
@@ -324,12 +332,14 @@ def test_resumed_run_gives_the_weights_of_an_uninterrupted_run(data_dir, tmp_pat
     assert _tiny_run(data_dir, tmp_path / "parts", "--run-steps", "4") == 0
     part = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
     assert part["complete"] is False and part["train_state"]["step"] == 4
+    assert read_status(tmp_path / "parts") == {"step": 4, "total_steps": 6, "complete": False}
     with pytest.raises(SystemExit, match="differs from the resumed run"):
-        T.main(["--resume", str(tmp_path / "parts"), "--sampling", "uniform"])
-    assert T.main(["--resume", str(tmp_path / "parts"), "--threads", "2"]) == 0
+        train.main(["--resume", str(tmp_path / "parts"), "--sampling", "uniform"])
+    assert train.main(["--resume", str(tmp_path / "parts"), "--threads", "2"]) == 0
     a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "parts" / "checkpoint.pt", weights_only=True)
     assert a["complete"] and b["complete"]
+    assert read_status(tmp_path / "parts") == {"step": 6, "total_steps": 6, "complete": True}
     diff = max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"])
     print(f"resumed vs uninterrupted: max |diff| of the weights {diff:.1e}")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
@@ -344,11 +354,11 @@ def test_sigterm_checkpoints_and_exits_143(data_dir, tmp_path):
     import signal
     import subprocess
     import sys
-    cmd = [sys.executable, str(T.REPO / "tools" / "train.py"), "--data", str(data_dir), "--cases", "ts_chest",
+    cmd = [sys.executable, "-m", "tools.train", "--data", str(data_dir), "--cases", "ts_chest",
            "--epochs", "1", "--steps-per-epoch", "100000", "--batch-size", "2", "--device", "cpu",
            "--threads", "1", "--output", str(tmp_path / "run")]
     import os
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:                              # wait until the training loop is about to start
         if "steps/epoch" in line:

@@ -166,7 +166,7 @@ def test_format1_is_refused_with_the_upgrade_command_and_upgrades(tmp_path):
     # the upgrade, through the tool as a user runs it: numpy only (torch must not be imported)
     new = tmp_path / "new.npuw"
     code = ("import sys, runpy; sys.argv = ['convert.py', '--upgrade', sys.argv[1], '-o', sys.argv[2]]; "
-            "sys.modules['torch'] = None; runpy.run_path('tools/convert.py', run_name='__main__')")
+            "sys.modules['torch'] = None; runpy.run_module('tools.convert', run_name='__main__', alter_sys=True)")
     proc = subprocess.run([sys.executable, "-c", code, str(old), str(new)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -185,7 +185,7 @@ def test_format1_is_refused_with_the_upgrade_command_and_upgrades(tmp_path):
 
 def test_shipped_and_fixture_weights_are_format2():
     """weights/ and tests/fixtures/ hold format-2 files, and the fixtures' tensors are the ones the
-    format-1 files held (the upgrade copies them; tools/make_fixtures.py regenerates the same bytes)."""
+    format-1 files held (the upgrade copies them; python -m tools.make_fixtures regenerates the same bytes)."""
     for path in [REPO / "weights" / "dsconv_eca_unet.npuw", *sorted((REPO / "tests" / "fixtures").glob("*.npuw"))]:
         header, tensors = read_weights(path)
         assert header["format_version"] == 2, path

@@ -1,10 +1,10 @@
 """Convert a PyTorch checkpoint into an npunet weights file (format 2), or upgrade an older weights file.
 
-    python tools/convert.py CHECKPOINT.pt -o weights/dsconv_eca_unet.npuw
-    python tools/convert.py --upgrade OLD.npuw -o NEW.npuw       # format 1 -> 2, numpy only (no torch)
+    python -m tools.convert CHECKPOINT.pt -o weights/dsconv_eca_unet.npuw
+    python -m tools.convert --upgrade OLD.npuw -o NEW.npuw       # format 1 -> 2, numpy only (no torch)
 
 The checkpoint is a torch.save'd dict holding at least {"spec": <architecture spec>, "state_dict": ...};
-optional keys "labels", "preprocessing", "config" and "cases" (as tools/train.py writes them) are carried
+optional keys "labels", "preprocessing", "config" and "cases" (as `python -m tools.train` writes them) are carried
 into the weights file's header. It is read with torch.load(weights_only=True): no arbitrary pickle.
 The state_dict's names and shapes must be exactly those the spec describes (npunet.spec.expected_tensors).
 """
@@ -15,12 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from npunet.errors import NpunetError  # noqa: E402
-from npunet.labels import LABELS  # noqa: E402
-from npunet.preprocess import DEFAULT_PREPROCESSING  # noqa: E402
-from npunet.weights import read_weights, save_weights, upgrade_weights  # noqa: E402
+from npunet.errors import NpunetError
+from npunet.labels import LABELS
+from npunet.preprocess import DEFAULT_PREPROCESSING
+from npunet.weights import read_weights, save_weights, upgrade_weights
 
 
 def convert(checkpoint, output) -> Path:
@@ -47,7 +45,7 @@ def convert(checkpoint, output) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m tools.convert", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("checkpoint", help="torch checkpoint: a dict with 'spec' and 'state_dict' (with --upgrade: "
                                       "a format-1 npunet weights file)")

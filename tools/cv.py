@@ -1,10 +1,10 @@
 """Leave-one-patient-out cross-validation of a training recipe: the judge of every recipe change.
 
-    python tools/cv.py --output runs/cv -- --sampling organs --zoom-mm 0.85 3.0 --epochs 20 --steps-per-epoch 100
+    python -m tools.cv --output runs/cv -- --sampling organs --zoom-mm 0.85 3.0 --epochs 20 --steps-per-epoch 100
 
 For each fold (by default the five abdominal cases ts_abdomen, ts_chest, tsds_s0009, amos_0001, amos_0013)
-the recipe after `--` is trained by tools/train.py on every other case of the data folder (so ts_cta and
-the neck cases always train), the checkpoint is converted by tools/convert.py, and the held-out scan is
+the recipe after `--` is trained by `python -m tools.train` on every other case of the data folder (so ts_cta
+and the neck cases always train), the checkpoint is converted by tools/convert.py, and the held-out scan is
 scored exactly as a user would score it: `npunet segment` with those weights, then `npunet evaluate`
 against its label (the FLARE DSC and NSD). The result is a per-organ table of DSC and NSD per fold and the
 mean over the folds where the organ is labelled and present (OUTPUT/cv_table.md, OUTPUT/cv.json).
@@ -36,20 +36,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from npunet.labels import LABELS  # noqa: E402
-from tools.train import (annotated_organs, default_data_dir, label_names, parse_unknown,  # noqa: E402
-                         read_dataset_json)
+from npunet.labels import LABELS
+from tools import REPO
+from tools.training.description import (annotated_organs, default_data_dir, label_names, list_cases,
+                                        parse_unknown, read_dataset_json)
+from tools.training.status import CHECKPOINT_NAME, read_status
 
 ABDOMINAL_CASES = ("ts_abdomen", "ts_chest", "tsds_s0009", "amos_0001", "amos_0013")
 ORGANS = [k for k in sorted(LABELS) if k != 0]
 
 
 def run_child(cmd: list[str]) -> int:
-    """Run cmd, forwarding SIGINT/SIGTERM to it (training checkpoints on either); its exit code."""
-    child = subprocess.Popen(cmd)
+    """Run cmd in the repository root (`python -m tools.train` finds the tools package there), forwarding
+    SIGINT/SIGTERM to it (training checkpoints on either); its exit code."""
+    child = subprocess.Popen(cmd, cwd=REPO)
     forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -60,12 +60,18 @@ def run_child(cmd: list[str]) -> int:
 
 
 def fold_state(fold_dir: Path) -> str:
-    """'new', 'partial' or 'trained', from the fold's checkpoint."""
-    ckpt = fold_dir / "checkpoint.pt"
+    """'new', 'partial' or 'trained', from the status.json beside the fold's checkpoint; from the checkpoint
+    itself (with torch) when there is none as new as it (a fold trained before status.json existed)."""
+    ckpt = fold_dir / CHECKPOINT_NAME
     if not ckpt.is_file():
         return "new"
-    import torch
-    return "trained" if torch.load(ckpt, map_location="cpu", weights_only=True).get("complete") else "partial"
+    status = read_status(fold_dir)
+    if status is not None:
+        complete = status["complete"]
+    else:
+        import torch
+        complete = torch.load(ckpt, map_location="cpu", weights_only=True).get("complete")
+    return "trained" if complete else "partial"
 
 
 def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[str], threads: int | None,
@@ -74,7 +80,7 @@ def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[st
     ({"final": ...} plus {step: ...} for each step of `curve`, kept by train.py --keep-steps)."""
     fold_dir = out / f"fold_{case}"
     state = fold_state(fold_dir)
-    train = [sys.executable, str(REPO / "tools" / "train.py")] + (["--threads", str(threads)] if threads else [])
+    train = [sys.executable, "-m", "tools.train"] + (["--threads", str(threads)] if threads else [])
     if state == "new":
         training = [c for c in cases if c != case]
         keep = ["--keep-steps", ",".join(map(str, curve))] if curve else []
@@ -112,7 +118,7 @@ def score_checkpoint(fold_dir: Path, case: str, data: Path, tag: str) -> dict:
                            "--weights", str(weights), "--overwrite", "--quiet"],
                  npunet + ["evaluate", str(pred), str(data / "labelsTr" / f"{case}.nii.gz"), "--json", str(result)]]
         for cmd in steps:
-            if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
+            if subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=REPO).returncode != 0:
                 raise SystemExit(f"cv: fold {case}: {' '.join(cmd[2:4])} failed")
         print(f"cv: fold {case}{tag}: segmented and evaluated ({time.perf_counter() - t0:.1f} s)", flush=True)
     return json.loads(result.read_text())
@@ -200,7 +206,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     recipe = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="tools/cv.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m tools.cv", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--output", type=Path, required=True, metavar="DIR", help="folder of the folds and the table")
     p.add_argument("--data", type=Path, default=default_data_dir(), metavar="DIR",
@@ -212,6 +218,7 @@ def main(argv=None) -> int:
                    help="a learning curve from the same runs: keep each fold's checkpoint at these steps and "
                         "score each like the final one (OUTPUT/cv_curve.md, cv_curve.json)")
     args = p.parse_args(own)
+    args.output, args.data = args.output.resolve(), args.data.resolve()     # the children run in the repository
     try:
         curve = tuple(sorted({int(t) for t in args.curve.split(",") if t.strip()}))
     except ValueError:
@@ -224,7 +231,6 @@ def main(argv=None) -> int:
         if before != recipe:
             raise SystemExit(f"cv: {args.output} holds folds of another recipe ({' '.join(before or []) or 'none'}); "
                              f"give a new --output for this one ({' '.join(recipe) or 'none'})")
-    from tools.train import list_cases
     cases = list_cases(args.data)
     folds = [c.strip() for c in args.folds.split(",") if c.strip()]
     missing = [c for c in folds if c not in cases]

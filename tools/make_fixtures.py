@@ -1,6 +1,6 @@
 """Make the golden fixtures in tests/fixtures/ from torch, so parity also runs where torch is absent.
 
-    python tools/make_fixtures.py            # rewrites tests/fixtures/*
+    python -m tools.make_fixtures            # rewrites tests/fixtures/*
 
 For each network below: seeded random weights (non-trivial GroupNorm affine) saved as an npunet weights
 file, a seeded random input, and torch's logits, in an .npz (loaded with allow_pickle=False). For each
@@ -10,6 +10,7 @@ fixture cases change; the tests never regenerate them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from npunet.labels import LABELS  # noqa: E402
-from npunet.preprocess import DEFAULT_PREPROCESSING  # noqa: E402
-from npunet.weights import save_weights  # noqa: E402
-from tools.torch_model import build_model, init_random, load_spec  # noqa: E402
+from npunet.labels import LABELS
+from npunet.preprocess import DEFAULT_PREPROCESSING
+from npunet.weights import save_weights
+from tools import REPO
+from tools.torch_model import build_model, init_random, load_spec
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+OUT = REPO / "tests" / "fixtures"
 
 
 def tiny(spec: dict, name: str, widths) -> dict:
@@ -69,16 +70,21 @@ def kernel_cases(gen):
 
 
 @torch.no_grad()
-def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.make_fixtures", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--output", type=Path, default=OUT, metavar="DIR",
+                   help="where to write the fixtures (default: %(default)s, which the tests read)")
+    folder = p.parse_args(argv).output
+    folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(1234)
     for name, (spec, shape) in NETWORKS.items():
         model = init_random(build_model(spec), seed=7).eval()
         x = torch.rand(*shape, generator=gen)
         logits = model(x)
-        save_weights(OUT / f"{name}.npuw", spec, {k: v.numpy() for k, v in model.state_dict().items()},
+        save_weights(folder / f"{name}.npuw", spec, {k: v.numpy() for k, v in model.state_dict().items()},
                      LABELS, DEFAULT_PREPROCESSING, {"fixture": "random weights, tools/make_fixtures.py"})
-        np.savez_compressed(OUT / f"{name}.npz", x=x.numpy(), logits=logits.numpy())
+        np.savez_compressed(folder / f"{name}.npz", x=x.numpy(), logits=logits.numpy())
         print(f"{name}: input {tuple(x.shape)}, logits {tuple(logits.shape)}")
     arrays = {}
     for kname, case in kernel_cases(gen).items():
@@ -86,7 +92,7 @@ def main() -> int:
         for k, v in case.items():
             arrays[f"{kname}.{k}"] = v.numpy()
         arrays[f"{kname}.out"] = out.numpy()
-    np.savez_compressed(OUT / "kernels.npz", **arrays)
+    np.savez_compressed(folder / "kernels.npz", **arrays)
     print(f"kernels: {sorted({k.split('.')[0] for k in arrays})}")
     return 0
 

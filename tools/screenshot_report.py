@@ -1,7 +1,7 @@
 """Look at an `npunet explain` page as a person would: a full-page screenshot in headless Chromium, checked.
 
-    python tools/screenshot_report.py REPORT.html -o shot.png      # screenshot one page, check it
-    python tools/screenshot_report.py --example                    # build the example report of
+    python -m tools.screenshot_report REPORT.html -o shot.png      # screenshot one page, check it
+    python -m tools.screenshot_report --example                    # build the example report of
         ../shared/data/imagesTr/ts_chest_0000.nii.gz, check its screenshot, and write docs/explain_report.png
 
 Needs Chromium from the Debian packages (`apt-get install -y chromium`); NOT part of the test suite or CI,
@@ -33,10 +33,9 @@ from pathlib import Path
 import numba
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from npunet.preview import encode_png  # noqa: E402
+from npunet.preview import encode_png
+from tools import REPO
+from tools.training.description import default_data_dir
 
 MARKER = (0x2E, 0x7D, 0x5B)         # the footer's bottom border in npunet/explain.py's CSS
 BACKGROUND = (0xFA, 0xFA, 0xFA)     # the page's background
@@ -159,7 +158,7 @@ def scale_down(rgb: np.ndarray, factor: int) -> np.ndarray:
 
 
 def build_example(report: Path) -> None:
-    data = Path(os.environ.get("NPUNET_DATA", ROOT.parent / "shared" / "data"))
+    data = default_data_dir()
     from npunet.cli import main
     ct = os.path.relpath(data / EXAMPLE_CT)          # the page names the CT as given: no machine's absolute path
     code = main(["explain", ct, "-o", str(report), "--overwrite"])
@@ -168,7 +167,8 @@ def build_example(report: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.screenshot_report", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("report", nargs="?", help="the HTML page (with --example: built first, default a temp file)")
     p.add_argument("-o", "--output", help="the checked full-page screenshot (default: REPORT.png)")
     p.add_argument("--example", action="store_true",
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             report = Path(args.report) if args.report else Path(tmp) / "explain_example.html"
             if args.example:
                 build_example(report)
-                args.docs = args.docs or str(ROOT / "docs" / "explain_report.png")
+                args.docs = args.docs or str(REPO / "docs" / "explain_report.png")
             elif not report.is_file():
                 raise Problem(f"{report}: no such page (give a report, or --example)")
             output = Path(args.output) if args.output else report.with_suffix(".png")

@@ -1,7 +1,7 @@
 """The PyTorch mirror of npunet's network, built from the same architecture spec.
 
 Module paths equal the tensor names of npunet's weights file (npunet.spec.expected_tensors), so a torch
-state_dict converts by name alone. Used for training (tools/train.py), for conversion (tools/convert.py)
+state_dict converts by name alone. Used for training (tools/training/), for conversion (tools/convert.py)
 and as the parity reference in the tests. Needs torch; npunet itself never imports this file.
 
     from tools.torch_model import load_spec, build_model
@@ -10,15 +10,11 @@ and as the parity reference in the tests. Needs torch; npunet itself never impor
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from npunet.spec import expected_tensors, load_spec as _load_spec  # noqa: E402
+from npunet.spec import expected_tensors, load_spec as _load_spec
 
 __all__ = ["load_spec", "build_model", "init_random", "UNet"]
 

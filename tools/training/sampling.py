@@ -1,0 +1,64 @@
+"""Which training slices make a batch: UniformSampler (every slice once per pass) or OrganSampler (rare
+organs as often as common ones). Each owns its torch.Generator, seeded from the run's seed, and its whole
+state is in state_dict(), so a resumed run draws the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SAMPLERS = ("uniform", "organs")
+
+
+class UniformSampler:
+    """Batches of slice indices: consecutive random permutations of range(n), cut in batches (every slice
+    once per pass). Its whole state is the generator's and the unused rest of the current permutation."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buffer = torch.empty(0, dtype=torch.int64)
+
+    def next_batch(self) -> torch.Tensor:
+        while len(self.buffer) < self.batch_size:
+            self.buffer = torch.cat([self.buffer, torch.randperm(self.n, generator=self.generator)])
+        batch, self.buffer = self.buffer[:self.batch_size], self.buffer[self.batch_size:]
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "buffer": self.buffer.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.buffer = state["buffer"].clone()
+
+
+class OrganSampler:
+    """Organ-balanced batches: each sample is, with probability p_organ, a slice that shows an organ drawn
+    uniformly from the organs the training slices show (so the adrenals, on a few percent of the slices,
+    come as often as the liver), otherwise a uniformly random slice (background-only slices included).
+
+    presence: (N, C) bool from organ_presence (column 0, background, is ignored)."""
+
+    def __init__(self, presence: torch.Tensor, batch_size: int, seed: int, p_organ: float = 0.5):
+        self.n, self.batch_size, self.p_organ = presence.shape[0], batch_size, float(p_organ)
+        self.slices_of = [torch.nonzero(presence[:, k]).flatten() for k in range(1, presence.shape[1])
+                          if bool(presence[:, k].any())]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> torch.Tensor:
+        g = self.generator
+        out = torch.randint(self.n, (self.batch_size,), generator=g)
+        by_organ = torch.rand(self.batch_size, generator=g) < self.p_organ
+        organs = torch.randint(max(1, len(self.slices_of)), (self.batch_size,), generator=g)
+        picks = torch.rand(self.batch_size, generator=g)
+        for i in torch.nonzero(by_organ & (len(self.slices_of) > 0)).flatten().tolist():
+            members = self.slices_of[int(organs[i])]
+            out[i] = members[min(int(picks[i] * len(members)), len(members) - 1)]
+        return out
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
