@@ -23,7 +23,7 @@ the checksum; the header against HEADER_SCHEMA (types, ranges, known keys, no ke
 (exactly `expected_tensors(spec)`, names and shapes, tiling the data section with no gap or overlap); and
 every tensor finite. Sizes are bounded before reading (MAX_FILE_BYTES) and the file is read once. Every
 problem raises WeightsError with one line naming it. A format-1 file is refused with the command that
-upgrades it (`upgrade_weights`, also `python tools/convert.py --upgrade OLD -o NEW`).
+upgrades it (`upgrade_weights`, also `python -m tools.convert --upgrade OLD -o NEW`).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from npunet.spec import MAX_PARAMETERS, SpecError, check_spec, expected_tensors
 
 MAGIC = b"NPUNETW\0"
 FORMAT_VERSION = 2
-REGENERATE = "re-create it with `python tools/convert.py CHECKPOINT -o WEIGHTS`"
-UPGRADE = "upgrade it with `python tools/convert.py --upgrade {path} -o NEW.npuw`"
+REGENERATE = "re-create it with `python -m tools.convert CHECKPOINT -o WEIGHTS`"
+UPGRADE = "upgrade it with `python -m tools.convert --upgrade {path} -o NEW.npuw`"
 MAX_HEADER_BYTES = 4 * 2**20
 DIGEST_BYTES = 32
 PREAMBLE_BYTES = 16

@@ -162,7 +162,7 @@ def test_format1_is_refused_with_the_upgrade_command_and_upgrades(tmp_path):
     tensors = random_tensors(spec, seed=3)
     old = format1_file(tmp_path / "old.npuw", spec, tensors)
     msg = one_line_error(old, "weights format 1")
-    assert f"tools/convert.py --upgrade {old} -o NEW.npuw" in msg
+    assert f"python -m tools.convert --upgrade {old} -o NEW.npuw" in msg
     # the upgrade, through the tool as a user runs it: numpy only (torch must not be imported)
     new = tmp_path / "new.npuw"
     code = ("import sys, runpy; sys.argv = ['convert.py', '--upgrade', sys.argv[1], '-o', sys.argv[2]]; "

@@ -1,8 +1,8 @@
 """Cohort throughput: cases per minute of `npunet segment FOLDER` serially and on a local Dask cluster, and
 what the cluster costs per case.
 
-    python tools/bench_cohort.py                       # 6 cases of 512x512x100, 3 interleaved rounds
-    python tools/bench_cohort.py --cases 8 --slices 100 --rounds 5 --json cohort.json
+    python -m tools.bench_cohort                       # 6 cases of 512x512x100, 3 interleaved rounds
+    python -m tools.bench_cohort --cases 8 --slices 100 --rounds 5 --json cohort.json
 
 Throughput. Each round runs, in turn and each in a fresh process as a user would (start-up included):
   serial      npunet segment IN -o OUT --threads C
@@ -21,7 +21,7 @@ On the cluster that overhead is the scheduler, the transfer and the worker's boo
 record); the client's own work (progress, manifest) overlaps the next case. Measured the same way for an
 in-process run (no Dask), it is the bookkeeping and the client's work, which there run between the cases.
 
-The cases are 512x512xN CTs tiled from ts_chest (tools/bench.py --case), one file linked under several names.
+The cases are 512x512xN CTs tiled from ts_chest (python -m tools.bench --case), one file linked under several names.
 """
 
 from __future__ import annotations
@@ -37,10 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tools.bench import make_case  # noqa: E402
+from tools.bench import REPO, make_case
 
 
 def make_cohort(folder: Path, cases: int, slices: int) -> Path:
@@ -91,8 +88,8 @@ def bench_throughput(inputs: Path, work: Path, cores: int, rounds: int) -> dict:
 
 
 def bench_overhead(inputs: Path, work: Path, cores: int, rounds: int) -> dict:
-    from npunet import cluster
-    from npunet.cohort import segment_many
+    from npunet.api import segment_many
+    from npunet.cohort import cluster
     warm = work / "warm_in"
     warm.mkdir()
     os.link(next(inputs.iterdir()), warm / "warm_0000.nii.gz")
@@ -146,7 +143,7 @@ def cpu_name() -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m tools.bench_cohort", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--cases", type=int, default=6, help="cases in the folder (default 6)")
     p.add_argument("--slices", type=int, default=100, help="axial slices per case, 512x512 each (default 100)")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from npunet.io.nifti import read_ct
-from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, prepare_slices, square_window
+from npunet.preprocess import DEFAULT_PREPROCESSING, canonical, canonical_voxel_sizes, prepare_slices, square_window
 from tools.training.description import annotated_organs, label_names, read_dataset_json
 
 
@@ -95,7 +95,7 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
         view = canonical(img.get_fdata(dtype=np.float32), img.affine, params["orientation"])
         lview = canonical(lab, img.affine, params["orientation"])
         nx, ny, nz = view.data.shape
-        sx, sy, _ = canonical_spacing(img.affine, params["orientation"])
+        sx, sy, _ = canonical_voxel_sizes(img.affine, params["orientation"])
         mm_per_pixel.append(torch.full((nz,), square_window(nx, ny).side * math.sqrt(sx * sy) / size))
         case_labels = []
         for start in range(0, nz, chunk):
@@ -125,17 +125,6 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
         "presence": organ_presence(labels, num_classes), "cases": list(cases), "annotated": annotated,
         "label_names": names, "slices": counts,
     }
-
-
-def canonical_spacing(affine: np.ndarray, orientation: str = "RAS") -> tuple[float, float, float]:
-    """Voxel sizes in mm along the axes of canonical(volume, affine, orientation).data."""
-    zooms = nib.affines.voxel_sizes(affine)
-    start = nib.orientations.io_orientation(affine)
-    transform = nib.orientations.ornt_transform(start, nib.orientations.axcodes2ornt(tuple(orientation)))
-    out = [0.0, 0.0, 0.0]
-    for axis, (new_axis, _) in enumerate(transform):
-        out[int(new_axis)] = float(zooms[axis])
-    return tuple(out)
 
 
 def organ_presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
