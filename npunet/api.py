@@ -30,7 +30,7 @@ from npunet.io.nifti import check_output_folder, check_output_path, labels_image
 from npunet.labels import keep_organs, parse_organs
 from npunet.machine import check_batch_size, check_threads, use_threads
 from npunet.network import from_file
-from npunet.pipeline import segment_array, start_warm_up
+from npunet.pipeline import kernels_cached, segment_array, start_warm_up
 from npunet.progress import Log
 from npunet.weights import default_weights_path
 
@@ -121,10 +121,11 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     # The first image is read (decompressed, mostly outside the GIL) while Numba and the weights load.
     first_read = in_background(load_ct, jobs[0], assume_orientation)
     use_threads(threads)
+    say_if_first_run(log)
     if model is None:
         log.say(f"loading weights {weights or '(default)'}")
         model = (load_model or load)(weights)
-    warm_up = start_warm_up(model, log)          # kernels load (or compile, once) while the first CT is read
+    warm_up = start_warm_up(model)               # kernels load (or compile, once) while the first CT is read
 
     results = []
     for i, job in enumerate(jobs, start=1):
@@ -137,6 +138,13 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
             print(f"npunet segment: {job.case}: error: {result.error}", file=sys.stderr)
         results.append(result)
     return results
+
+
+def say_if_first_run(log: Log) -> None:
+    """On the first run of this build on this machine, say in one line that the kernels are being compiled:
+    the one long wait a new user meets (npunet.pipeline.kernels_cached)."""
+    if not kernels_cached():
+        log.say("compiling the kernels for this CPU (first run only; they are cached for the next runs)")
 
 
 def is_folder_of_cases(input_path, first_case_input) -> bool:

@@ -157,13 +157,9 @@ def warm_up(model) -> None:
             pass                        # a read-only cache: the message shows again, nothing else changes
 
 
-def start_warm_up(model, log=None) -> threading.Thread:
+def start_warm_up(model) -> threading.Thread:
     """warm_up(model) in a background thread; join it before calling any kernel from this thread (the
-    threading layer may not accept parallel kernels launched from two threads at once). On the first run
-    of this build on this machine (no kernel cache yet), `log` (npunet.progress.Log) says in one line that
-    the kernels are being compiled, the one long wait a new user meets."""
-    if log is not None and not kernels_cached():
-        log.say("compiling the kernels for this CPU (first run only; they are cached for the next runs)")
+    threading layer may not accept parallel kernels launched from two threads at once)."""
     def quiet_warm_up():
         try:
             warm_up(model)

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from npunet.api import load
+from npunet.api import load, say_if_first_run
 from npunet.errors import InputError, NpunetError
 from npunet.explain import explain_slice, organ_pixels_per_slice
 from npunet.io.ct import check_assumed_orientation, load_ct
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--slice {args.slice} is out of range: {ct.name} has {nz} axial slices (0 .. {nz - 1})")
     for warning in ct.warnings:
         print(f"npunet explain: warning: {warning}", file=sys.stderr)
+    say_if_first_run(log)
     net = load(args.weights)
 
     if args.slice is not None:
