@@ -42,7 +42,7 @@ def load(path=None):
 
 
 def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postprocess: bool = True,
-                  progress=None, assume_orientation: str | None = None, organs=None,
+                  tta: bool = False, progress=None, assume_orientation: str | None = None, organs=None,
                   segment_volume=segment_array):
     """A nibabel CT image (3D, HU) -> a uint8 label image with the input's shape, affine and qform/sform.
 
@@ -60,7 +60,7 @@ def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postpro
     if model is None:
         model = load(weights)
     labels = segment_volume(ct.volume, ct.affine, model, batch_size=batch_size, postprocess=postprocess,
-                            progress=progress)
+                            progress=progress, tta=tta)
     check_labels(labels, ct.volume.shape)
     if organ_ids is not None:
         labels = keep_organs(labels, organ_ids)
@@ -68,13 +68,16 @@ def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postpro
 
 
 def segment(input_path, output_path, *, weights=None, model=None, threads: int | None = None,
-            batch_size: int = 8, postprocess: bool = True, overwrite: bool = False, statistics: bool = False,
+            batch_size: int = 8, postprocess: bool = True, tta: bool = False, overwrite: bool = False,
+            statistics: bool = False,
             preview: bool = False, output_type: str = "nifti", split: bool = False, organs=None,
             quiet: bool = True, assume_orientation: str | None = None, load_model=None,
             segment_volume=segment_array) -> list[CaseResult]:
     """`npunet segment` as a function; returns one CaseResult per case, in case order.
 
-    output_type: "nifti" or "dicom-seg"; split: a folder of one mask per organ per case; organs: names or
+    tta: average each slice's class probabilities with those of its left-right mirror (the network runs
+    twice; npunet.pipeline.mirror_average). output_type: "nifti" or "dicom-seg"; split: a folder of one mask
+    per organ per case; organs: names or
     label ids to keep ("liver,spleen" or ["liver", 3]), None for all. Raises NpunetError, before any output
     is written, for a bad INPUT/OUTPUT pair, bad options, bad output paths or bad weights; for a single
     image, also for a bad image. For a folder of cases, a bad case is recorded in its CaseResult (ok=False,
@@ -129,7 +132,8 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
 
     results = []
     for i, job in enumerate(jobs, start=1):
-        result = run_case(job, model, outputs, batch_size=batch_size, postprocess=postprocess, overwrite=overwrite,
+        result = run_case(job, model, outputs, batch_size=batch_size, postprocess=postprocess, tta=tta,
+                          overwrite=overwrite,
                           assume_orientation=assume_orientation, log=log,
                           prefix=f"[{i}/{len(jobs)}] {job.case}" if folder_of_cases else job.case,
                           prefetched=first_read if i == 1 else None, before_segmenting=warm_up.join,

@@ -118,7 +118,7 @@ def label_names(model, organs: tuple[int, ...] | None = None) -> dict[int, str]:
 
 
 def run_case(job: Job, model, outputs: Outputs = Outputs(), *, batch_size: int = 8, postprocess: bool = True,
-             overwrite: bool = False, assume_orientation: str | None = None, log: Log | None = None,
+             tta: bool = False, overwrite: bool = False, assume_orientation: str | None = None, log: Log | None = None,
              prefix: str | None = None, prefetched=None, before_segmenting=lambda: None,
              raise_errors: bool = False, segment_volume=segment_array, read=load_ct,
              clock=time.perf_counter) -> CaseResult:
@@ -144,7 +144,7 @@ def run_case(job: Job, model, outputs: Outputs = Outputs(), *, batch_size: int =
         before_segmenting()
         t = clock()
         labels = segment_volume(ct.volume, ct.affine, model, batch_size=batch_size, postprocess=postprocess,
-                                progress=log.progress(f"{prefix}: segmenting"), timings=result.timings)
+                                progress=log.progress(f"{prefix}: segmenting"), timings=result.timings, tta=tta)
         log.end_progress()
         check_labels(labels, ct.volume.shape)
         if outputs.organs is not None:

@@ -49,6 +49,7 @@ def mirror_labels(names: dict[int, str] | None = None) -> tuple[int, ...]:
         order.append(by_name.get(f"{other}_{rest}", k) if other else k)
     return tuple(order)
 
+
 NSD_TOLERANCE_MM = {
     1: 5.0,   # liver
     2: 3.0,   # right kidney

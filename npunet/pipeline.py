@@ -29,6 +29,47 @@ def logits_to_labels(logits: np.ndarray, window) -> np.ndarray:
     return upsample_argmax(logits, window.side, window.side, window.y0, window.x0, window.height, window.width)
 
 
+def mirror_axis(params: dict) -> int:
+    """The axis of a network input (B, C, H, W) that runs across the body (left-right): H when the canonical
+    orientation's first axis is R or L, W when its second is; ValueError when the slice holds no left-right
+    axis (a sagittal orientation)."""
+    orientation = params["orientation"]
+    for axis, code in ((2, orientation[0]), (3, orientation[1])):
+        if code in "RL":
+            return axis
+    raise ValueError(f"orientation {orientation}: the axial slice has no left-right axis to mirror")
+
+
+def mirror_slices(x: np.ndarray, params: dict) -> np.ndarray:
+    """x (B, C, H, W) mirrored left-right (a contiguous copy)."""
+    return np.ascontiguousarray(np.flip(x, axis=mirror_axis(params)))
+
+
+def mirror_average(logits: np.ndarray, mirrored_logits: np.ndarray, params: dict, labels=None) -> np.ndarray:
+    """Test-time mirroring: the class probabilities of the slices (softmax of `logits`, (B, K, H, W)) averaged
+    with those of their left-right mirrors, flipped back and with each left/right organ channel swapped
+    with its partner (npunet.labels.mirror_labels: the mirror's left kidney is the slice's right kidney).
+    Returns the averaged probabilities, float32 (B, K, H, W), which the bilinear upsample + argmax takes as
+    it takes logits."""
+    from npunet.labels import mirror_labels
+    order = np.asarray(mirror_labels({int(k): v for k, v in labels.items()} if labels else None))
+    if len(order) != logits.shape[1]:
+        raise NpunetError(f"test-time mirroring needs a label name per class: {logits.shape[1]} classes, "
+                          f"{len(order)} labels")
+    back = np.flip(softmax(mirrored_logits), axis=mirror_axis(params))[:, order]
+    out = softmax(logits)
+    out += back
+    out *= np.float32(0.5)
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of (B, K, H, W) float32, shifted by the maximum (no overflow)."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e.astype(np.float32, copy=False)
+
+
 def slice_batches(volume: np.ndarray, params: dict, batch_size: int, prepare=prepare_slices):
     """The one loop over a canonical (X, Y, Z) volume's axial slices: yields (zs, x, window) per batch of at
     most batch_size slices, x = prepare(volume, zs, params) the network input (B, C, S, S) and window where
@@ -42,7 +83,7 @@ def slice_batches(volume: np.ndarray, params: dict, batch_size: int, prepare=pre
 
 def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: int = 8,
                   postprocess: bool = True, progress=None, timings: dict | None = None, *,
-                  prepare=prepare_slices, to_labels=logits_to_labels) -> np.ndarray:
+                  prepare=prepare_slices, to_labels=logits_to_labels, tta: bool = False) -> np.ndarray:
     """(X, Y, Z) HU volume with its affine -> uint8 labels of the same shape, in the same array order.
 
     model(x) maps a batch (B, C, S, S) float32 to logits (B, classes, S, S) (an npunet Network, or any
@@ -52,7 +93,8 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
     number of slices; the memory it needs is checked against what is available before anything is
     allocated (ResourceError naming the largest batch that fits), the model's preprocessing values are
     checked (npunet.preprocess.check_preprocessing), and NaN/Inf logits stop the run (NpunetError) rather
-    than being turned into labels.
+    than being turned into labels. tta: also run each slice's left-right mirror and average the two
+    (mirror_average; the network runs twice).
     """
     batch_size = check_batch_size(batch_size)
     spec = getattr(model, "spec", None)
@@ -71,6 +113,8 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
     for zs, x, win in slice_batches(view.data, params, batch_size, prepare):
         t1 = time.perf_counter()
         logits = model(x)
+        if tta:
+            logits = mirror_average(logits, model(mirror_slices(x, params)), params, getattr(model, "labels", None))
         with np.errstate(over="ignore", invalid="ignore"):
             total = logits.sum()
         if not np.isfinite(total):             # NaN/Inf anywhere (weights that overflow): never argmax them

@@ -24,7 +24,7 @@ import npunet
 from npunet.cli import main
 from npunet.errors import InputError, NpunetError, ResourceError
 from npunet.io.nifti import read_ct
-from tests.test_segment_cli import FakeModel, all_files, fake, fake_labels, run_cli, save, slash, small_ct  # noqa: F401
+from test_segment_cli import FakeModel, all_files, fake, fake_labels, run_cli, save, slash, small_ct  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_WEIGHTS = REPO / "tests" / "fixtures" / "dsconv_eca_unet.npuw"

@@ -111,3 +111,57 @@ def test_warm_up_thread_never_raises(monkeypatch):
     for model in (net, Failing(net.spec, net.tensors), object()):
         start_warm_up(model).join()
     assert escaped == []
+
+
+class SidedModel:
+    """A stand-in network that is mirror-equivariant by construction: the right kidney's score (label 2) is
+    g(x), the left kidney's (13) is g of the mirrored slice, mirrored back, with g neither symmetric nor
+    constant. Its mirror image predicts the mirrored labels, sides swapped, as a well-trained network should."""
+
+    labels = {k: v for k, v in __import__("npunet.labels", fromlist=["LABELS"]).LABELS.items()}
+    preprocessing = {}
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        g = lambda a: 4 * a[:, 1] + np.cumsum(a[:, 0], axis=1) / a.shape[2]      # noqa: E731
+        out = np.zeros((x.shape[0], 14) + x.shape[2:], np.float32)
+        out[:, 0] = 1.0
+        out[:, 2] = g(x)
+        out[:, 13] = np.flip(g(np.flip(x, axis=2)), axis=1)
+        return out
+
+
+def test_mirror_average_of_an_equivariant_network_is_the_network():
+    """Test-time mirroring swaps the mirror's left and right channels and flips it back: for a network that
+    already treats sides consistently the average equals its own probabilities (to float32 rounding: NumPy
+    sums a flipped array in another order)."""
+    from npunet.pipeline import mirror_average, mirror_slices, softmax
+    from npunet.preprocess import DEFAULT_PREPROCESSING
+    x = np.random.default_rng(0).random((2, 3, 32, 48), dtype=np.float32)
+    model = SidedModel()
+    tta = mirror_average(model(x), model(mirror_slices(x, DEFAULT_PREPROCESSING)), DEFAULT_PREPROCESSING,
+                         model.labels)
+    plain = softmax(model(x))
+    print(f"\n  TTA vs plain probabilities: max|diff| {np.abs(tta - plain).max():.1e}")
+    assert np.abs(tta - plain).max() < 1e-6
+    # without the channel swap the sides would be mixed up: the mirror alone predicts the other kidney
+    mirrored = softmax(np.flip(model(mirror_slices(x, DEFAULT_PREPROCESSING)), axis=2))
+    assert np.abs(mirrored[:, 2] - plain[:, 2]).max() > 0.1
+
+
+def test_tta_runs_the_network_twice_and_keeps_an_equivariant_result(data_dir):
+    img, vol = load_ct(data_dir, "ts_abdomen")
+    vol = vol[:, :, 40:52]
+    model = SidedModel()
+    plain = segment_array(vol, img.affine, model, batch_size=4)
+    calls = model.calls
+    tta = segment_array(vol, img.affine, model, batch_size=4, tta=True)
+    print(f"\n  network calls: {calls} plain, {model.calls - calls} with --tta; labels equal: "
+          f"{np.array_equal(plain, tta)}; right/left kidney voxels {(plain == 2).sum()}/{(plain == 13).sum()}")
+    assert model.calls - calls == 2 * calls
+    assert (plain == 2).any() and (plain == 13).any()
+    # probabilities instead of logits are upsampled: the argmax can move on a tie-close pixel, nowhere else
+    assert (plain != tta).mean() < 1e-3

@@ -43,7 +43,8 @@ class Fake(dict):
             self["load"] += 1
             return FakeModel()
 
-        def segment_volume(volume, affine, model, batch_size=8, postprocess=True, progress=None, timings=None):
+        def segment_volume(volume, affine, model, batch_size=8, postprocess=True, progress=None, timings=None,
+                           tta=False):
             self["segment"] += 1
             n = volume.shape[2]
             for start in range(0, n, batch_size):

@@ -89,6 +89,7 @@ class RunSettings:
     overwrite: bool = False
     stale_after: float = STALE_AFTER_SECONDS
     assume_orientation: str | None = None
+    tta: bool = False
 
     def outputs(self) -> Outputs:
         """What a cohort case writes: a NIfTI label map of every organ, and the chosen sidecars."""
@@ -97,7 +98,7 @@ class RunSettings:
     def options(self) -> dict:
         """The options that change a case's output files (recorded, and compared on a re-run)."""
         return {"postprocess": self.postprocess, "statistics": self.statistics, "preview": self.preview,
-                "assume_orientation": self.assume_orientation}
+                "assume_orientation": self.assume_orientation, "tta": self.tta}
 
     def expected_record(self, job: Job) -> dict:
         return {"case": job.case, "input_identity": input_identity(job.input), "weights_sha256": self.weights_sha256,

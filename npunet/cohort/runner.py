@@ -76,7 +76,7 @@ def process_case(model, worker: str, job: Job, settings: RunSettings, segment_vo
         existing = [f for f in files if f.exists()]
         record_path(out_dir, job.case).unlink(missing_ok=True)   # a half-replaced case must not verify
         result = run_case(job, model, settings.outputs(), batch_size=settings.batch_size,
-                          postprocess=settings.postprocess, overwrite=bool(existing),
+                          postprocess=settings.postprocess, tta=settings.tta, overwrite=bool(existing),
                           assume_orientation=settings.assume_orientation, segment_volume=segment_volume)
         if not result.ok:
             return case_row(job, "failed", error=result.error, seconds=result.seconds, worker=worker,
@@ -106,6 +106,7 @@ def _remove_leftovers(paths: list[Path]) -> None:
 
 def segment_many(inputs, output_dir, *, client=None, workers: int | None = None, scheduler: str | None = None,
                  threads: int | None = None, weights=None, batch_size: int = 8, postprocess: bool = True,
+                 tta: bool = False,
                  statistics: bool = False, preview: bool = False, overwrite: bool = False, quiet: bool = True,
                  assume_orientation: str | None = None, on_case=None,
                  stale_after: float = STALE_AFTER_SECONDS, model=None, load_model=None,
@@ -143,7 +144,7 @@ def segment_many(inputs, output_dir, *, client=None, workers: int | None = None,
     weights_sha256 = getattr(model, "weights_sha256", None) or file_digest(weights_path)["sha256"]
     organs = [name for k, name in sorted(label_names(model).items()) if k != 0]
     settings = RunSettings(uuid.uuid4().hex, str(out), weights_sha256, batch_size, postprocess, statistics,
-                           preview, overwrite, stale_after, assume_orientation)
+                           preview, overwrite, stale_after, assume_orientation, tta)
 
     rows = {job.case: case_row(job, "pending") for job in jobs}
     rows.update({row["case"]: row for row in rows_failed})

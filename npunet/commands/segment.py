@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="number of CPU threads for the network (1 .. the number Numba sees; default: all)")
     p.add_argument("--batch-size", type=int, metavar="N", default=8,
                    help="axial slices per network call (default 8); larger uses more memory, rarely faster")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time mirroring: also segment each slice's left-right mirror and average the class "
+                        "probabilities (the mirror's left and right organs swapped back); twice the network time")
     p.add_argument("--no-postprocess", action="store_true",
                    help="skip the per-organ 3x3x3 closing (fills small holes and gaps between slices)")
     p.add_argument("--overwrite", action="store_true",
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace, load_model=None, segment_volume=segment_array)
     if args.input is None:
         raise NpunetError("give the INPUT to segment (a file or folder), or --list FILE")
     results = segment(args.input, args.output, weights=args.weights, load_model=load_model, threads=args.threads,
-                      batch_size=args.batch_size, postprocess=not args.no_postprocess, overwrite=args.overwrite,
+                      batch_size=args.batch_size, postprocess=not args.no_postprocess, tta=args.tta,
+                      overwrite=args.overwrite,
                       statistics=args.statistics, preview=args.preview, output_type=args.output_type,
                       split=args.split, organs=args.organs, quiet=args.quiet,
                       assume_orientation=args.assume_orientation, segment_volume=segment_volume)
@@ -145,7 +149,7 @@ def run_cohort(args: argparse.Namespace, load_model=None, segment_volume=segment
     inputs = read_list(args.list_file) if args.list_file else args.input
     rows = segment_many(inputs, args.output, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
                         weights=args.weights, batch_size=args.batch_size, postprocess=not args.no_postprocess,
-                        statistics=args.statistics, preview=args.preview, overwrite=args.overwrite,
+                        tta=args.tta, statistics=args.statistics, preview=args.preview, overwrite=args.overwrite,
                         quiet=args.quiet, assume_orientation=args.assume_orientation, load_model=load_model,
                         segment_volume=segment_volume)
     line, ok = cohort_summary(rows)
