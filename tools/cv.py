@@ -75,9 +75,10 @@ def fold_state(fold_dir: Path) -> str:
 
 
 def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[str], threads: int | None,
-             curve: tuple[int, ...] = ()) -> dict:
+             curve: tuple[int, ...] = (), tta: bool = False) -> dict:
     """Train (or resume) the fold that holds `case` out, then segment and evaluate it; its evaluate JSON
-    ({"final": ...} plus {step: ...} for each step of `curve`, kept by train.py --keep-steps)."""
+    ({"final": ...} plus {step: ...} for each step of `curve`, kept by train.py --keep-steps, and "tta" for
+    the final weights with `npunet segment --tta` when `tta`)."""
     fold_dir = out / f"fold_{case}"
     state = fold_state(fold_dir)
     train = [sys.executable, "-m", "tools.train"] + (["--threads", str(threads)] if threads else [])
@@ -94,6 +95,8 @@ def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[st
         raise SystemExit(f"cv: fold {case}: training stopped (exit code {code}); run the same command to go on")
 
     results = {"final": score_checkpoint(fold_dir, case, data, "")}
+    if tta:
+        results["tta"] = score_checkpoint(fold_dir, case, data, "", tta=True)
     for step in curve:
         if not (fold_dir / f"checkpoint_step{step}.pt").is_file():
             raise SystemExit(f"cv: fold {case}: no checkpoint_step{step}.pt (the run has fewer steps, or was "
@@ -102,25 +105,28 @@ def run_fold(case: str, cases: list[str], data: Path, out: Path, recipe: list[st
     return results
 
 
-def score_checkpoint(fold_dir: Path, case: str, data: Path, tag: str) -> dict:
-    """Convert fold_dir/checkpoint{tag}.pt, segment the held-out case with it as a user would (npunet segment)
-    and score it (npunet evaluate); the evaluate JSON, kept as evaluate{tag}.json until the checkpoint changes."""
+def score_checkpoint(fold_dir: Path, case: str, data: Path, tag: str, tta: bool = False) -> dict:
+    """Convert fold_dir/checkpoint{tag}.pt, segment the held-out case with it as a user would (npunet segment,
+    with --tta when `tta`) and score it (npunet evaluate); the evaluate JSON, kept as evaluate{tag}[_tta].json
+    until the checkpoint changes."""
     checkpoint = fold_dir / f"checkpoint{tag}.pt"
     weights = fold_dir / f"fold{tag}.npuw"
-    pred = fold_dir / "pred" / f"{case}{tag}.nii.gz"
-    result = fold_dir / f"evaluate{tag}.json"
+    mode = "_tta" if tta else ""
+    pred = fold_dir / "pred" / f"{case}{tag}{mode}.nii.gz"
+    result = fold_dir / f"evaluate{tag}{mode}.json"
     if not result.is_file() or result.stat().st_mtime < checkpoint.stat().st_mtime:
-        from tools.convert import convert
-        convert(checkpoint, weights)
+        if not weights.is_file() or weights.stat().st_mtime < checkpoint.stat().st_mtime:
+            from tools.convert import convert
+            convert(checkpoint, weights)
         npunet = [sys.executable, "-m", "npunet"]
         t0 = time.perf_counter()
         steps = [npunet + ["segment", str(data / "imagesTr" / f"{case}_0000.nii.gz"), "-o", str(pred),
-                           "--weights", str(weights), "--overwrite", "--quiet"],
+                           "--weights", str(weights), "--overwrite", "--quiet"] + (["--tta"] if tta else []),
                  npunet + ["evaluate", str(pred), str(data / "labelsTr" / f"{case}.nii.gz"), "--json", str(result)]]
         for cmd in steps:
             if subprocess.run(cmd, stdout=subprocess.DEVNULL, cwd=REPO).returncode != 0:
                 raise SystemExit(f"cv: fold {case}: {' '.join(cmd[2:4])} failed")
-        print(f"cv: fold {case}{tag}: segmented and evaluated ({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(f"cv: fold {case}{tag}{mode}: segmented and evaluated ({time.perf_counter() - t0:.1f} s)", flush=True)
     return json.loads(result.read_text())
 
 
@@ -217,6 +223,9 @@ def main(argv=None) -> int:
     p.add_argument("--curve", default="", metavar="STEP[,STEP...]",
                    help="a learning curve from the same runs: keep each fold's checkpoint at these steps and "
                         "score each like the final one (OUTPUT/cv_curve.md, cv_curve.json)")
+    p.add_argument("--tta", action="store_true",
+                   help="also score each fold's final weights with `npunet segment --tta` (test-time mirroring; "
+                        "OUTPUT/cv_tta_table.md, cv_tta.json)")
     args = p.parse_args(own)
     args.output, args.data = args.output.resolve(), args.data.resolve()     # the children run in the repository
     try:
@@ -245,7 +254,7 @@ def main(argv=None) -> int:
     results, status = {}, {}
     for case in folds:
         print(f"cv: fold {case} ({folds.index(case) + 1} of {len(folds)})", flush=True)
-        by_step = run_fold(case, cases, args.data, args.output, recipe, args.threads, curve)
+        by_step = run_fold(case, cases, args.data, args.output, recipe, args.threads, curve, args.tta)
         results[case] = by_step
         status[case] = organ_status(case, args.data, meta, unknown, args.output / f"fold_{case}" / "pred" /
                                     f"{case}.nii.gz")
@@ -256,6 +265,12 @@ def main(argv=None) -> int:
             str(s): v for s, v in by_step.items()}}, indent=1) + "\n")
         (args.output / "cv_curve.md").write_text(curve_markdown(by_step, folds))
         print(curve_markdown(by_step, folds))
+    if args.tta:
+        summary_tta = summarise({c: r["tta"] for c, r in results.items()}, status)
+        (args.output / "cv_tta.json").write_text(json.dumps({"folds": folds, "recipe": recipe, **summary_tta},
+                                                            indent=1) + "\n")
+        (args.output / "cv_tta_table.md").write_text(markdown(summary_tta, folds))
+        print("with --tta:\n" + markdown(summary_tta, folds))
     results = {c: r["final"] for c, r in results.items()}
     summary = summarise(results, status)
     table = markdown(summary, folds)
