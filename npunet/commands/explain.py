@@ -17,11 +17,11 @@ import time
 import numpy as np
 
 from npunet.api import load, say_if_first_run
+from npunet.commands.arguments import add_assume_orientation
 from npunet.errors import InputError, NpunetError
 from npunet.explain import explain_slice, organ_pixels_per_slice
 from npunet.io.ct import check_assumed_orientation, load_ct
 from npunet.io.paths import check_output_file, make_parent
-from npunet.io.validate import parse_axcodes
 from npunet.progress import Log
 from npunet.publish import atomic_write
 
@@ -55,16 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="timed forward passes for the per-layer times (default 7; the median is shown)")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    p.add_argument("--assume-orientation", metavar="AXES", type=_axcodes, default=None,
-                   help="for a NIfTI header without orientation (otherwise refused): how its voxel axes run, as "
-                        "three axis codes (RAS, LPS, ...), as for npunet segment")
+    add_assume_orientation(p)
 
-
-def _axcodes(text: str) -> str:
-    try:
-        return parse_axcodes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 REPORT_SUFFIXES = (".html", ".htm")

@@ -13,8 +13,8 @@ from npunet.api import is_folder_of_cases, segment, segment_many
 from npunet.case import OUTPUT_TYPES
 from npunet.cohort.planning import read_list
 from npunet.cohort.runner import INSTALL_HINT
+from npunet.commands.arguments import add_assume_orientation
 from npunet.errors import NpunetError
-from npunet.io.validate import parse_axcodes
 from npunet.pipeline import segment_array
 
 EPILOG = """\
@@ -91,10 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and in the statistics; the others become background")
     p.add_argument("--quiet", action="store_true",
                    help="no progress messages (warnings, errors and a folder's failure summary still show)")
-    p.add_argument("--assume-orientation", metavar="AXES", type=_axcodes, default=None,
-                   help="for a NIfTI header without orientation (qform and sform codes 0, otherwise refused): "
-                        "how its voxel axes run, as three axis codes (RAS, LPS, LAS, ...); ignored, with a "
-                        "warning, for images whose header has its own orientation")
+    add_assume_orientation(p)
     g = p.add_argument_group(
         "cohort runs", "With any of these, OUTPUT is a folder that also receives npunet_manifest.csv/.json; "
         "a re-run skips the cases already complete (see docs/cohort.md).")
@@ -109,12 +106,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="segment the inputs named in FILE, one NIfTI file or DICOM series folder per line "
                         "(relative to FILE's folder; blank lines and # comments skipped), instead of INPUT")
 
-
-def _axcodes(text: str) -> str:
-    try:
-        return parse_axcodes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace, load_model=None, segment_volume=segment_array) -> int:
