@@ -14,7 +14,6 @@ and `segment_volume=` (the volume -> labels function) as arguments.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import warnings

@@ -24,7 +24,6 @@ on every side; the crop changes no value, only the run time.
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 from scipy import ndimage

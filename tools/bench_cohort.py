@@ -93,7 +93,6 @@ def bench_overhead(inputs: Path, work: Path, cores: int, rounds: int) -> dict:
     warm = work / "warm_in"
     warm.mkdir()
     os.link(next(inputs.iterdir()), warm / "warm_0000.nii.gz")
-    n = len(list(inputs.iterdir()))
     t0 = time.perf_counter()
     client, close = cluster.connect(workers=1)
     segment_many(warm, work / "warm_cluster", client=client, threads=cores)

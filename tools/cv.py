@@ -203,7 +203,7 @@ def markdown(summary: dict, cases: list[str]) -> str:
         mean = f"**{m['DSC']:.3f}** / {m['NSD']:.3f} ({m['n']})" if m["DSC"] is not None else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {row['false_positive']} |")
     o = summary["mean_over_organs"]
-    lines.append(f"| **mean over organs** | " + " | ".join("" for _ in cases) + f" | **{o['DSC']:.3f}** / "
+    lines.append("| **mean over organs** | " + " | ".join("" for _ in cases) + f" | **{o['DSC']:.3f}** / "
                  f"{o['NSD']:.3f} | |")
     return "\n".join(lines) + "\n"
 

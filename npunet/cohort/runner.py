@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from npunet.case import Outputs, label_names, run_case
+from npunet.case import label_names, run_case
 from npunet.cohort.claims import STALE_AFTER_SECONDS, CaseBusy, acquire, describe_holder, owner_record
 from npunet.cohort.manifest import (file_digest, foreign_files, lock_path, read_record, record_path, record_problem,
                                     write_manifest, write_record)
