@@ -77,7 +77,7 @@ def check_tolerances(args) -> Tolerances:
     for option, value, most in (("--layer-tol", args.layer_tol, None), ("--logits-tol", args.logits_tol, None),
                                 ("--labels-min", args.labels_min, 100.0)):
         if not (np.isfinite(value) and value >= 0 and (most is None or value <= most)):
-            raise NpunetError(f"{option} must be a number from 0{f' to {most:g}' if most else ''}, got {value}")
+            raise NpunetError(f"{option} must be {f'between 0 and {most:g}' if most else 'at least 0'}, got {value:g}")
     return Tolerances(args.layer_tol, args.logits_tol, args.labels_min)
 
 

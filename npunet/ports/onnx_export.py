@@ -16,9 +16,10 @@ returns them all (what `npunet parity` compares layer by layer).
 
 The model records where it came from in its metadata_props: npunet's version, the spec, the preprocessing a
 port must apply before it, and the SHA-256 of the weights file. It passes onnx.checker.check_model with
-full_check (strict shape inference) before it is returned. Opsets MIN_OPSET to MAX_OPSET are supported
-(ReduceMean's axes are an attribute before 18 and an input from 18 on); DEFAULT_OPSET 17 is the newest that
-the common runtimes (ONNX Runtime, OpenVINO, TensorRT 8.6) all read, and the forms chosen need nothing newer.
+full_check (strict shape inference) before it is returned. Opsets MIN_OPSET (13) to MAX_OPSET (21) are
+offered (ReduceMean's axes are an attribute before 18 and an input from 18 on) and all give the same numbers
+in the three runtimes measured; the default, 17, is an older opset (more runtimes and converters read it)
+and the forms need nothing newer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from npunet.version import __version__
 
 DEFAULT_OPSET = 17
 MIN_OPSET = ops.MIN_OPSET
-MAX_OPSET = 21          # the newest that ONNX Runtime 1.32, OpenVINO 2026.4 and onnx 1.23's reference all run
+MAX_OPSET = 21          # the newest opset onnx 1.16 (the oldest the extra allows) knows; 13-21 all run in ONNX
+                        # Runtime, OpenVINO and the reference evaluator (tests/test_ports_export.py)
 INPUT, OUTPUT = "input", "logits"
 
 
