@@ -25,6 +25,12 @@ PAGES = sorted((ROOT / "docs").glob("*.md"))
 DOCTEST_PAGES = [p for p in PAGES if ">>> " in p.read_text()]
 CONSOLE = re.compile(r"^```console\n(.*?)^```", re.S | re.M)
 DATA = "../shared/data"
+EXTRAS = {"ports.md": ("onnx", "onnxruntime", "openvino")}      # optional packages a page's examples run
+
+
+def needs_extras(page: Path) -> None:
+    for module in EXTRAS.get(page.name, ()):
+        pytest.importorskip(module, reason=f"{page.name} runs {module}, in the onnx extra: pip install -e '.[onnx]'")
 
 
 def console_examples(page: Path):
@@ -60,6 +66,7 @@ def test_pages_exist():
 
 @pytest.mark.parametrize("page", DOCTEST_PAGES, ids=[p.name for p in DOCTEST_PAGES])
 def test_page_examples_run(page, at_root, request):
+    needs_extras(page)
     if DATA in page.read_text():
         request.getfixturevalue("data_dir")       # the page reads real CTs: skips (or fails) without them
     result = doctest.testfile(str(page), module_relative=False, report=True,
@@ -98,6 +105,7 @@ def run_console(cmd: str) -> int:
 @pytest.mark.parametrize("page,index,cmd,want,code", CONSOLE_CASES,
                          ids=[f"{p.name}:{c}" for p, _, c, _, _ in CONSOLE_CASES])
 def test_console_blocks_match_cli(page, index, cmd, want, code, console_folders, monkeypatch, capsys, request):
+    needs_extras(page)
     needs_data = any(DATA in c for p, i, c, _, _ in CONSOLE_CASES if p == page and i <= index)
     data_dir = request.getfixturevalue("data_dir") if needs_data else None     # skips (or fails) without it
     saved = np.get_printoptions()

@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="with -o: replace a pack that is there")
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                    help="with --check: what runs the one-op models (default: onnxruntime)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"with --check: ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"with --check: ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all)")
 
 
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         ct = load_ct(args.ct)
         z = ct.slices // 2 if args.slice is None else args.slice
         if not 0 <= z < ct.slices:
-            raise InputError(f"--slice {z} is out of range: {ct.name} has {ct.slices} axial slices (0 .. {ct.slices - 1})")
+            raise InputError(f"--slice {z} is out of range: {ct.name} has {ct.slices} axial slices "
+                             f"(0 .. {ct.slices - 1})")
         chosen = prepare(ct, [z], net.preprocessing)
         cases.append(network_case(net, chosen.x, {"ct": ct.name, "slice": z, "slices": ct.slices}))
     else:

@@ -10,8 +10,8 @@ Rust or WebGPU needs to find out, layer by layer, whether the port computes what
     parity           npunet and one of those on the same CT slices: per layer max |diff|, relative
                      difference, float32 ULP histogram, the first layer beyond tolerance, the labels
                                                                                   `npunet parity`
-    goldens          a pack of test vectors (.npy + manifest.json) any language can read, and its check
-                                                                                  `npunet goldens`
+    goldens          a pack of test vectors (.npy + manifest.json) any language can read `npunet goldens`
+    golden_check     a runtime checked against a pack, by one-op ONNX models    `npunet goldens --check`
     ct_slices        the preprocessed CT slices a check runs
     random_weights   seeded random weights for any spec, without torch
     extras           the optional packages (onnx, onnxruntime, openvino), imported on demand

@@ -63,7 +63,8 @@ def one_op_model(case: dict, arrays: dict, opset: int = DEFAULT_OPSET):
     out = case["outputs"]["out"]
     x = case["inputs"]["x"]
     element = TensorProto.UINT8 if out["dtype"] == "uint8" else TensorProto.FLOAT
-    graph = helper.make_graph(g.nodes, case["name"], [helper.make_tensor_value_info("x", TensorProto.FLOAT, x["shape"])],
+    graph = helper.make_graph(g.nodes, case["name"],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x["shape"])],
                               [helper.make_tensor_value_info("out", element, out["shape"])], g.initializers)
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="npunet goldens")
@@ -99,7 +100,8 @@ def _compare(name: str, op: str, output: str, want: np.ndarray, got: np.ndarray,
     diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
     if not np.isfinite(got).all():
         diff = np.inf
-    return CheckRow(name, op, shape, f"{diff:.1e}", f"{tolerance['max_abs_diff']:.1e}", diff <= tolerance["max_abs_diff"])
+    return CheckRow(name, op, shape, f"{diff:.1e}", f"{tolerance['max_abs_diff']:.1e}",
+                    diff <= tolerance["max_abs_diff"])
 
 
 def _check_network(case: dict, arrays: dict, folder, runtime: str, opset: int, threads) -> list[CheckRow]:

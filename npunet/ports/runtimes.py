@@ -90,7 +90,13 @@ class OnnxEngine:
         written = {name for node in graph.node for name in node.output}
         self.layers = [name for name in layers if name in written]        # values named after npunet's layers
         self.outputs = [self.logits] + [name for name in self.layers if name != self.logits]
-        self._run = getattr(self, f"_session_{runtime}")(self._with_outputs(self.outputs), threads)
+        self.source = source
+        try:
+            self._run = getattr(self, f"_session_{runtime}")(self._with_outputs(self.outputs), threads)
+        except NpunetError:
+            raise
+        except Exception as exc:  # each runtime has its own errors for a graph it cannot load
+            raise NpunetError(f"{source}: {runtime} cannot load it ({one_line(exc)})") from None
 
     def _with_outputs(self, names: list[str]) -> bytes:
         """The model with exactly `names` as its graph outputs, serialised."""
@@ -120,7 +126,7 @@ class OnnxEngine:
         compiled = core.compile_model(core.read_model(data, b""), "CPU", config)
         if len(compiled.outputs) != len(self.outputs):
             raise NpunetError(f"OpenVINO gives {len(compiled.outputs)} outputs for the {len(self.outputs)} asked")
-        return lambda x: [np.asarray(v) for v in compiled(x).values()]
+        return lambda x: [np.asarray(v) for v in compiled(x).values()]      # in the graph's output order
 
     def _session_reference(self, data: bytes, threads):
         from onnx import load_from_string
@@ -129,8 +135,14 @@ class OnnxEngine:
         return lambda x: evaluator.run(None, {self.input: x})
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        got = dict(zip(self.outputs, self._run(np.ascontiguousarray(x, np.float32))))
-        got["logits"] = got.pop(self.logits) if self.logits != "logits" else got["logits"]
+        """x (N, C, H, W) -> {"logits": the model's logits (or first output), layer name: its output, ...}."""
+        try:
+            got = dict(zip(self.outputs, self._run(np.ascontiguousarray(x, np.float32))))
+        except Exception as exc:  # the runtime's own error: a shape the graph does not take, an op it lacks
+            raise NpunetError(f"{self.source}: {self.runtime} failed on an input of shape "
+                              f"{'x'.join(map(str, x.shape))} ({one_line(exc)})") from None
+        if self.logits != "logits":
+            got["logits"] = got.pop(self.logits)
         return got
 
 
@@ -142,9 +154,9 @@ class TorchEngine:
         try:
             from tools.torch_model import build_model
         except ImportError:
-            raise NpunetError("a torch checkpoint is run by tools/torch_model.py, which is not importable here: "
-                              "run npunet parity from the root of the npunet repository (tools/ beside npunet/)") \
-                from None
+            raise NpunetError("a torch checkpoint is run by the repository's tools/torch_model.py, which is not "
+                              "importable here: run `python -m npunet parity ...` from the repository's root (the "
+                              "folder holding tools/ and npunet/), or put that folder on PYTHONPATH") from None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
