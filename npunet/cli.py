@@ -1,6 +1,6 @@
-"""The `npunet` command: segment, evaluate, summary, explain, tune. Each subcommand lives in its own module, which gives
-`add_arguments(parser)` and `run(args) -> exit code`; this file only dispatches and turns user errors into
-one-line messages with a non-zero exit code.
+"""The `npunet` command: segment, evaluate, summary, explain, tune, export, parity, goldens. Each subcommand lives
+in its own module, which gives `add_arguments(parser)` and `run(args) -> exit code`; this file only dispatches
+and turns user errors into one-line messages with a non-zero exit code.
 
 stderr belongs to npunet: a user error is one line "npunet CMD: error: ..." and exit code 2 (a bad option
 too: no usage text around it); the libraries' own warnings and log lines are captured (npunet.third_party)
@@ -23,6 +23,10 @@ COMMANDS = {
     "summary": ("npunet.commands.summary", "per-layer shapes, parameters and multiply-adds of a network"),
     "explain": ("npunet.commands.explain", "follow one CT slice through the network, as an HTML page with pictures"),
     "tune": ("npunet.commands.tune", "measure this machine's convolution work sizes again and store them"),
+    "export": ("npunet.commands.export", "write the network as an ONNX model (no torch), named after npunet's layers"),
+    "parity": ("npunet.commands.parity", "compare another engine (ONNX, torch, a port's activations) with npunet, "
+                                         "layer by layer"),
+    "goldens": ("npunet.commands.goldens", "write a pack of test vectors for a port, or check a runtime against one"),
 }
 
 

@@ -119,6 +119,14 @@ def axial_axis(affine: np.ndarray) -> int:
     raise ValueError(f"no superior-inferior axis in orientation {codes}")
 
 
+def file_slice_order(shape: tuple, affine: np.ndarray, orientation: str = "RAS") -> np.ndarray:
+    """For each canonical axial slice (npunet.preprocess.canonical's z, inferior to superior), the index of
+    that slice along the file's own axial axis."""
+    axis = axial_axis(affine)
+    index = np.arange(shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
+    return np.asarray(canonical(np.broadcast_to(index, shape), affine, orientation).data[0, 0, :])
+
+
 def normalize_hu(x: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
     """Clip to [hu_min, hu_max] and map to [0, 1], float32."""
     x = np.clip(np.asarray(x, dtype=np.float32), np.float32(hu_min), np.float32(hu_max))   # a new array

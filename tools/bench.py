@@ -8,9 +8,10 @@ Every run starts with a header saying where it ran (CPU model and family, Numba'
 the compile features, numba/llvmlite versions, threading layer, threads, npunet's kernel build tag and tuned
 tiles); --json FILE writes that header and every figure, so runs on different machines can be compared.
 
-Every engine gets the same weights (seeded random, or --weights FILE) and the same input. The engines are
-interleaved within each round (npunet, torch NCHW, torch channels_last, ONNX Runtime, OpenVINO fp32, in
-turn) so that a noisy neighbour slows all of them alike; before each engine's timed calls the benchmark waits
+Every engine gets the same weights (seeded random, or --weights FILE) and the same input; ONNX Runtime and
+OpenVINO run the ONNX model that npunet exports itself (`npunet export onnx`: no torch needed for them). The
+engines are interleaved within each round (npunet, torch NCHW, torch channels_last, ONNX Runtime, OpenVINO
+fp32, in turn) so that a noisy neighbour slows all of them alike; before each engine's timed calls the benchmark waits
 --gap seconds, because every engine's thread pool (OpenMP, TBB, ONNX Runtime's) spin-waits for a while after a
 call, and on a 2-core machine a spinning pool takes a core from whichever engine runs next (at batch 1 that
 slowed every engine by 30-70 %). The table gives the median time per call, the time per slice, and the ratio
@@ -41,7 +42,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +91,9 @@ def print_header(header: dict) -> None:
             print(f"# {key}: {value}")
 
 
-def make_engines(weights_path: Path, threads: int, batch: int, notes: list) -> dict:
-    """name -> callable(x) for every engine that is installed."""
+def make_engines(weights_path: Path, threads: int, notes: list) -> dict:
+    """name -> callable(x) for every engine that is installed. ONNX Runtime and OpenVINO (fp32) run the ONNX
+    model npunet exports itself (npunet.ports.onnx_export, no torch needed); the torch engines need torch."""
     import npunet
     engines = {}
     net = npunet.load(weights_path)
@@ -113,43 +114,28 @@ def make_engines(weights_path: Path, threads: int, batch: int, notes: list) -> d
             with torch.no_grad():
                 return model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).contiguous().numpy()
         engines["torch channels_last"] = torch_cl
-        onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
-        try:
-            with warnings.catch_warnings():     # the TorchScript exporter's deprecation notice, once per batch
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(model, torch.zeros(batch, 3, 192, 192), str(onnx_path), input_names=["x"],
-                                  output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-                                  dynamo=False)
-        except Exception as exc:  # exporter unavailable or broken
-            notes.append(f"ONNX export failed: {str(exc).splitlines()[0]}")
-            onnx_path = None
     except ImportError:
-        notes.append("torch not installed: torch engines and ONNX export skipped")
-        onnx_path = None
-    if onnx_path is not None:
+        notes.append("torch not installed: torch engines skipped")
+    from npunet.errors import NpunetError
+    from npunet.ports.onnx_export import export_onnx
+    from npunet.ports.runtimes import OnnxEngine
+    try:
+        model = export_onnx(net.spec, net.tensors)
+    except NpunetError as exc:                  # the onnx package is missing
+        notes.append(f"ONNX Runtime and OpenVINO skipped: {exc}")
+        return engines
+    for name, runtime in (("ONNX Runtime", "onnxruntime"), ("OpenVINO fp32", "openvino")):
         try:
-            import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-            engines["ONNX Runtime"] = lambda x, s=sess: s.run(None, {"x": x})[0]
-        except ImportError:
-            notes.append("onnxruntime not installed: skipped")
-        try:
-            import openvino as ov
-            core = ov.Core()
-            compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                                  "INFERENCE_NUM_THREADS": threads})
-            engines["OpenVINO fp32"] = lambda x, c=compiled: c(x)[0]
-        except ImportError:
-            notes.append("openvino not installed: skipped")
+            engine = OnnxEngine(model, runtime, threads=threads)
+            engines[name] = lambda x, e=engine: e.run(x)["logits"]
+        except NpunetError as exc:              # that runtime is not installed
+            notes.append(f"{name} skipped: {exc}")
     return engines
 
 
 def bench_forward(weights_path: Path, batch: int, rounds: int, threads: int, repeat: int, gap: float) -> dict:
     notes: list[str] = []
-    engines = make_engines(weights_path, threads, batch, notes)
+    engines = make_engines(weights_path, threads, notes)
     x = np.random.default_rng(0).random((batch, 3, 192, 192), dtype=np.float32)
     first, times, outputs = {}, {name: [] for name in engines}, {}
     for name, fn in engines.items():   # first call: compilation / warm-up, timed separately
@@ -324,16 +310,23 @@ def main(argv=None) -> int:
 
 
 def random_weights() -> Path:
-    """Seeded random weights of the default spec, written once to a temporary weights file."""
-    import torch  # noqa: F401  (random weights come from the torch mirror)
+    """Seeded random weights of the default spec, written once to a temporary weights file: the torch mirror's
+    init_random when torch is there (the figures so far used those), else npunet.ports.random_weights (the same
+    scheme, other numbers; the file's name says which)."""
     from npunet.labels import LABELS
     from npunet.preprocess import DEFAULT_PREPROCESSING
+    from npunet.spec import load_spec
     from npunet.weights import save_weights
-    from tools.torch_model import build_model, init_random, load_spec
     spec = load_spec("dsconv_eca_unet")
-    model = init_random(build_model(spec), seed=0)
-    path = Path(tempfile.mkdtemp()) / "random.npuw"
-    save_weights(path, spec, {k: v.numpy() for k, v in model.state_dict().items()}, LABELS, DEFAULT_PREPROCESSING)
+    try:
+        from tools.torch_model import build_model, init_random
+        model = init_random(build_model(spec), seed=0)
+        tensors, name = {k: v.numpy() for k, v in model.state_dict().items()}, "random.npuw"
+    except ImportError:
+        from npunet.ports.random_weights import random_tensors
+        tensors, name = random_tensors(spec, seed=0), "random_numpy_init.npuw"
+    path = Path(tempfile.mkdtemp()) / name
+    save_weights(path, spec, tensors, LABELS, DEFAULT_PREPROCESSING)
     return path
 
 

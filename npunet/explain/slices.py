@@ -14,15 +14,8 @@ import numpy as np
 
 from npunet.network import Network
 from npunet.pipeline import slice_batches
-from npunet.preprocess import DEFAULT_PREPROCESSING, axial_axis, canonical, canonical_voxel_sizes, prepare_slices
-
-
-def file_slice_order(shape: tuple, affine: np.ndarray, orientation: str = "RAS") -> np.ndarray:
-    """For each canonical axial slice (npunet.preprocess.canonical's z, inferior to superior), the index of
-    that slice along the file's own axial axis."""
-    axis = axial_axis(affine)
-    index = np.arange(shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
-    return np.asarray(canonical(np.broadcast_to(index, shape), affine, orientation).data[0, 0, :])
+from npunet.preprocess import (DEFAULT_PREPROCESSING, canonical, canonical_voxel_sizes, file_slice_order,
+                                prepare_slices)
 
 
 def organ_pixels_per_slice(net: Network, volume_hu: np.ndarray, affine: np.ndarray, batch_size: int = 8,
