@@ -206,6 +206,25 @@ def _truncated(tmp_path):
     return p
 
 
+def _trailer_cut(tmp_path):
+    """Every voxel is there; only the gzip trailer (CRC-32 and length) is cut short."""
+    good = save(tmp_path / "in" / "good.nii.gz", small_ct(shape=(40, 40, 30)))
+    p = tmp_path / "in" / "trailer_0000.nii.gz"
+    p.write_bytes(good.read_bytes()[:-5])
+    good.unlink()
+    return p
+
+
+def _bad_crc(tmp_path):
+    good = save(tmp_path / "in" / "good.nii.gz", small_ct(shape=(40, 40, 30)))
+    blob = bytearray(good.read_bytes())
+    blob[-7] ^= 0xFF
+    p = tmp_path / "in" / "crc_0000.nii.gz"
+    p.write_bytes(bytes(blob))
+    good.unlink()
+    return p
+
+
 def _nan(tmp_path):
     data = small_ct().astype(np.float32)
     data[1, 2, 3] = np.nan
@@ -248,6 +267,8 @@ BAD_INPUTS = {
     "missing file": (lambda d, t: t / "in" / "nope_0000.nii.gz", ["nope_0000.nii.gz", "no such file"]),
     "garbage": (lambda d, t: _garbage(t), ["garbage_0000.nii.gz", "not a readable NIfTI"]),
     "truncated gzip": (lambda d, t: _truncated(t), ["trunc_0000.nii.gz", "truncated"]),
+    "gzip trailer cut": (lambda d, t: _trailer_cut(t), ["trailer_0000.nii.gz", "truncated gzip", "trailer"]),
+    "gzip CRC wrong": (lambda d, t: _bad_crc(t), ["crc_0000.nii.gz", "CRC-32", "does not match"]),
     "2D": (lambda d, t: save(t / "in" / "flat_0000.nii.gz", small_ct(shape=(12, 10))), ["2D"]),
     "4D": (lambda d, t: save(t / "in" / "four_0000.nii.gz", small_ct(shape=(12, 10, 8, 3))), ["4D", "volumes"]),
     "zero axis": (lambda d, t: save(t / "in" / "zero_0000.nii.gz", np.zeros((5, 0, 4), np.int16)), ["size 0"]),

@@ -111,7 +111,7 @@ def open_image(path: str | os.PathLike):
             blob = f.read() if gz else f.read(end)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({one_line(exc, path)})") from None
-    raw = _gunzip(blob, limit=end, name=path) if gz else blob
+    raw = _gunzip(blob, limit=end, name=path, whole=True) if gz else blob
     del blob
     if len(raw) < end:
         raise InputError(f"{path}: truncated or corrupt image data: the header declares {end:,} bytes of header "
@@ -126,21 +126,34 @@ def open_image(path: str | os.PathLike):
     return img                    # refusing to write over the input
 
 
-def _gunzip(data: bytes, limit: int, name) -> bytes:
+def _gunzip(data: bytes, limit: int, name, whole: bool = False) -> bytes:
     """The first `limit` decompressed bytes of gzip data (fewer if it ends sooner), over every member (bgzip
-    writes many), trailing zeros ignored; never decompresses more than `limit`."""
-    parts, total, pos = [], 0, 0
+    writes many), trailing zeros ignored; never keeps more than `limit`.
+
+    whole=True (reading an image, not peeking at its header): the data must also be one or more complete gzip
+    members, each ending in its 8-byte trailer (CRC-32 and length), which zlib checks. Bytes decompressed past
+    `limit` are counted and dropped (at most `limit` of them: more is not a NIfTI file's slack). A stream that
+    stops before or inside a trailer, a CRC or a length that does not match, is an InputError: the image is
+    refused rather than read from a file that is not whole (the report's input digest vouches for a file read
+    whole and intact)."""
+    parts, total, pos, extra = [], 0, 0, 0
     view = memoryview(data)
     stream, pending = zlib.decompressobj(wbits=31), b""
     try:
-        while total < limit:
+        while total < limit or whole:
             if not pending:
                 if pos >= len(data):
                     break
                 pending, pos = view[pos:pos + GZIP_CHUNK], pos + GZIP_CHUNK
-            piece = stream.decompress(pending, limit - total)
-            parts.append(piece)
-            total += len(piece)
+            if total < limit:
+                piece = stream.decompress(pending, limit - total)
+                parts.append(piece)
+                total += len(piece)
+            else:                                           # past the image: check, count and drop
+                extra += len(stream.decompress(pending, GZIP_CHUNK))
+                if extra > limit:
+                    raise InputError(f"{name}: the gzip stream holds more than twice the {limit:,} bytes the "
+                                     f"header declares; not a NIfTI image as written by a NIfTI writer")
             pending = stream.unconsumed_tail
             if stream.eof:
                 pending = stream.unused_data
@@ -148,8 +161,24 @@ def _gunzip(data: bytes, limit: int, name) -> bytes:
                     break                                   # only zero padding after the last member
                 stream = zlib.decompressobj(wbits=31)
     except zlib.error as exc:
-        raise InputError(f"{name}: truncated or corrupt image data ({one_line(exc)})") from None
+        raise InputError(f"{name}: {_gzip_problem(exc)}") from None
+    if whole and not stream.eof:
+        where = ("inside its 8-byte trailer (CRC-32 and length)" if total >= limit
+                 else "before the end of the image data")
+        raise InputError(f"{name}: truncated gzip data: the stream stops {where}; the file is not whole "
+                         f"(an interrupted copy or download?)")
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _gzip_problem(exc: zlib.error) -> str:
+    """zlib's error, said for a user: a CRC or length that does not match, or truncated or corrupt data."""
+    text = one_line(exc)
+    if "incorrect data check" in text:
+        return ("corrupt gzip data: the CRC-32 in its trailer does not match the decompressed data (a damaged "
+                "file)")
+    if "incorrect length check" in text:
+        return "corrupt gzip data: the length in its trailer does not match the decompressed data (a damaged file)"
+    return f"truncated or corrupt image data ({text})"
 
 
 def read_ct(path: str | os.PathLike, assume_orientation: str | None = None) -> nib.Nifti1Image:
