@@ -17,6 +17,7 @@ What this file promises:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -27,6 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
+from npunet.io.digests import INPUT_FILES
 from npunet.io.validate import (check_affine, check_dims, check_header, check_header_fields, check_orientation,
                                 check_voxels, parse_header)
 from npunet.io.validate import hu_range_warning  # noqa: F401  (re-exported: npunet.io, older callers)
@@ -109,8 +111,14 @@ def open_image(path: str | os.PathLike):
             end = check_header(hdr, str(path), file_bytes=None if gz else size, gzip_bytes=size if gz else None)
             f.seek(0)
             blob = f.read() if gz else f.read(end)
+            digest = hashlib.sha256(blob)     # the bytes decoded, and the rest of the file (what sha256sum
+            size = len(blob)                  # prints): what a report vouches for
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({one_line(exc, path)})") from None
+    digest = {"name": path.name, "size": size, "sha256": digest.hexdigest()}
     raw = _gunzip(blob, limit=end, name=path, whole=True) if gz else blob
     del blob
     if len(raw) < end:
@@ -123,7 +131,8 @@ def open_image(path: str | os.PathLike):
         except Exception as exc:  # nibabel's HeaderDataError, ValueError, ... for bytes our checks let through
             raise InputError(notes.fold(f"{path}: not a readable NIfTI image ({one_line(exc, path)})")) from None
     img.set_filename(str(path))   # the voxels stay in memory; the name is kept for messages and for
-    return img                    # refusing to write over the input
+    img.extra[INPUT_FILES] = [digest]     # refusing to write over the input
+    return img
 
 
 def _gunzip(data: bytes, limit: int, name, whole: bool = False) -> bytes:
@@ -224,7 +233,9 @@ def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image",
 def _three_d(img, name: str):
     check_dims(tuple(int(s) for s in img.shape), name)
     if len(img.shape) > 3:
+        extra = dict(img.extra)
         img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
+        img.extra.update(extra)
     check_affine(img.affine if img.affine is not None else img.header.get_best_affine(), name)
     return img
 
@@ -234,7 +245,7 @@ def _in_memory(img, data: np.ndarray, name: str) -> nib.Nifti1Image:
     header = img.header.copy()
     header.set_data_dtype(np.float32)
     header.set_slope_inter(np.nan, np.nan)
-    out = type(img)(data, img.affine, header)
+    out = type(img)(data, img.affine, header, extra=dict(img.extra))
     if img.get_filename():
         out.set_filename(img.get_filename())  # remembered so that writing over the input can be refused
     return out
