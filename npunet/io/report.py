@@ -132,9 +132,16 @@ def input_record(kind: str, input_path, files: list[dict], report_path) -> dict:
 
 
 def weights_record(path, sha256: str, model: str | None, default_path, report_path) -> dict:
+    """The weights: where the file is, whether it is npunet's default weights file, its size and the SHA-256
+    computed while it was loaded (npunet.weights.read_weights)."""
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: the weights file went away during the run ({' '.join(str(exc).split())}); "
+                         f"no report without it") from None
     return {**where(path, report_path), "default": path.absolute() == Path(default_path).absolute(),
-            "size": path.stat().st_size, "sha256": sha256, "model": model}
+            "size": size, "sha256": sha256, "model": model}
 
 
 def output_record(role: str, written_at, final_path, report_path, content_sha256: str | None = None,
