@@ -33,7 +33,7 @@ from npunet.machine import check_batch_size, check_threads, use_threads
 from npunet.network import from_file
 from npunet.pipeline import kernels_cached, segment_array, start_warm_up
 from npunet.progress import Log
-from npunet.verify import verify_report
+from npunet.verification import verify_report
 from npunet.weights import default_weights_path
 
 def load(path=None):
@@ -79,9 +79,9 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     output_type: "nifti", "dicom-seg" or "rtstruct"; split: a folder of one mask per organ per case; organs:
     names or label ids to keep ("liver,spleen" or ["liver", 3]), None for all; report: True writes each
     case's provenance report beside its output (CASE.report.json; report.json in a --split folder), a path
-    (.json) writes a single case's report there (npunet.io.report; `npunet verify` checks it). Raises NpunetError, before any output
-    is written, for a bad INPUT/OUTPUT pair, bad options, bad output paths or bad weights; for a single
-    image, also for a bad image. For a folder of cases, a bad case is recorded in its CaseResult (ok=False,
+    (.json) writes a single case's report there (npunet.io.report; `npunet verify` checks it). Raises
+    NpunetError, before any output is written, for a bad INPUT/OUTPUT pair, bad options, bad output paths or
+    bad weights; for a single image, also for a bad image. For a folder of cases, a bad case is recorded in its CaseResult (ok=False,
     error=message) and the other cases still run. model: a loaded network (else load_model(weights) loads
     one, npunet.api.load by default); segment_volume: the volume -> labels function.
     """
@@ -190,8 +190,8 @@ def is_folder_of_cases(input_path, first_case_input) -> bool:
 
 def verify(report, *, input=None, weights=None, log=None, load_model=None, segment_volume=segment_array):
     """Run the case of a provenance report (`segment(..., report=...)`) again and check every output; a
-    npunet.verify.Verification (.ok, .lines). Raises npunet.verify.MismatchError, before running anything,
-    when an input or the weights no longer match the report's digests (see npunet.verify)."""
+    npunet.verification.Verification (.ok, .lines). Raises npunet.verification.MismatchError, before running
+    anything, when an input or the weights no longer match the report's digests (see npunet.verification)."""
     return verify_report(report, input=input, weights=weights, log=log or (lambda line: None),
                          load_model=load_model, segment_volume=segment_volume)
 

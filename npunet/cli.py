@@ -1,4 +1,5 @@
-"""The `npunet` command: segment, verify, evaluate, summary, explain, tune. Each subcommand lives in its own module, which gives
+"""The `npunet` command: segment, verify, evaluate, summary, explain, tune. Each subcommand lives in its own
+module, which gives
 `add_arguments(parser)` and `run(args) -> exit code`; this file only dispatches and turns user errors into
 one-line messages with a non-zero exit code.
 

@@ -153,7 +153,8 @@ def run_cohort(args: argparse.Namespace, load_model=None, segment_volume=segment
     if isinstance(args.report, str):
         raise NpunetError(f"--report {args.report}: a cohort run writes one report per case (OUTPUT/CASE.report.json); "
                           f"give --report without a file name")
-    chosen = [o for o, on in ((f"--output-type {args.output_type}", args.output_type != "nifti"), ("--split", args.split),
+    chosen = [o for o, on in ((f"--output-type {args.output_type}", args.output_type != "nifti"),
+                              ("--split", args.split),
                               ("--organs", args.organs is not None)) if on]
     if chosen:
         raise NpunetError(f"{chosen[0]} is for serial runs; a cohort run (--workers, --scheduler, --list) "

@@ -1,4 +1,4 @@
-"""`npunet verify REPORT.json`: run the case of a provenance report again and check every output (npunet.verify).
+"""`npunet verify REPORT.json`: run the case of a provenance report again and check every output (npunet.verification).
 
 Exit codes: 0 every output reproduced (byte for byte; a DICOM SEG or RTSTRUCT by its decoded content); 1 an
 output differs, or a file written then has changed since (the lines say which, by how many voxels and of
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from npunet.pipeline import segment_array
-from npunet.verify import verify_report
+from npunet.verification import verify_report
 
 EPILOG = """\
 where verify looks for the files a report names: relative to the report's folder first (so a folder holding

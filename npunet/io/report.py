@@ -82,7 +82,8 @@ REPORT = Obj({
                     "stages": Map(Str(max_len=100), SECONDS, 100)}),
     "peak_memory_bytes": Opt(SIZE),
     "result": Obj({"shape": List(Int(1, 1 << 31), 3, 3), "slices": Int(1, 1 << 31),
-                   "organs_found": List(Str(max_len=200), 0, 255), "volumes_ml": Map(Str(max_len=200), Num(0, 1e12), 255)}),
+                   "organs_found": List(Str(max_len=200), 0, 255),
+                   "volumes_ml": Map(Str(max_len=200), Num(0, 1e12), 255)}),
     "anatomy": List(Any(), 0, 1000),
 })
 

@@ -36,6 +36,7 @@ import json
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +114,8 @@ def build_rtstruct(labels: np.ndarray, headers: list, label_names: dict[int, str
         for key in ("StudyDate", "StudyTime", "StudyID"):
             if key not in ds:
                 setattr(ds, key, "")
-    with warnings.catch_warnings():        # rt-utils 1.2.7 sets FileDataset.is_little_endian and
-        warnings.simplefilter("ignore", DeprecationWarning)   # .is_implicit_VR, which pydicom 3 deprecates
-        ds = ds_helper.create_rtstruct_dataset(sources)
+    with _quiet_deprecations():            # rt-utils 1.2.7 sets FileDataset.is_little_endian and
+        ds = ds_helper.create_rtstruct_dataset(sources)       # .is_implicit_VR, which pydicom 3 deprecates
         rt = RTStruct(sources, ds)
         for label in present:
             name = str(label_names[label])
@@ -165,12 +165,23 @@ def write_rtstruct(labels: np.ndarray, headers: list, path: str | os.PathLike, l
     from pydicom.uid import ImplicitVRLittleEndian
 
     def save(tmp):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet_deprecations():
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
             ds.save_as(tmp, enforce_file_format=True)
     atomic_write(path, save, overwrite=overwrite)
     return notes
+
+
+@contextmanager
+def _quiet_deprecations():
+    """pydicom 3's deprecation notes about the two FileDataset attributes rt-utils 1.2.7 sets (a warning and a
+    log record each, which npunet.third_party would show) are dropped; any other note is passed on."""
+    from npunet.third_party import captured
+    with captured() as notes:
+        yield
+    for note in notes.messages:
+        if "is_little_endian" not in note and "is_implicit_VR" not in note:
+            warnings.warn(note, stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------- reading back --

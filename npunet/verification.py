@@ -1,4 +1,5 @@
-"""`npunet verify REPORT.json`: run a case again from its provenance report and check every output.
+"""`npunet verify REPORT.json` (and npunet.verify): run a case again from its provenance report and check every
+output.
 
     outcome = verify_report("ct.report.json")        # a Verification: .ok, .lines (what was checked, found)
 
@@ -133,7 +134,8 @@ def _input(report: dict, report_path: Path, given, say) -> Path:
                             f"{' nor '.join(map(str, candidates))}; give its place with --input")
     if record["kind"] == "nifti":
         if not found.is_file():
-            raise MismatchError(f"{found}: not a file; the report's input is the NIfTI file {record['files'][0]['name']}")
+            raise MismatchError(f"{found}: not a file; the report's input is the NIfTI file "
+                                f"{record['files'][0]['name']}")
         digest = file_digest(found)
         if digest["sha256"] != record["sha256"]:
             raise MismatchError(f"{found}: the input has changed: SHA-256 {digest['sha256'][:16]}... "
@@ -215,20 +217,19 @@ def _compare(entry: dict, again: Path | None, report: dict, report_path: Path, c
     on_disk = next((c for c in locate(entry, report_path) if c.is_file()), None)
     disk_sha = file_digest(on_disk)["sha256"] if on_disk is not None else None
     problems = []
+    original = on_disk is not None and disk_sha == entry["sha256"]     # the file as written, still here
     if again is None or not again.is_file():
         problems.append("the run again did not write it (other options?)")
     elif entry["compare"] == "bytes":
         sha = file_digest(again)["sha256"]
         if sha != entry["sha256"]:
-            detail = _describe(entry, again, on_disk, ct, model) if on_disk is not None and disk_sha == entry["sha256"] \
-                else "the file as written is not here to compare with"
+            detail = _describe(entry, again, on_disk, ct, model) if original else NOT_HERE
             problems.append(f"the run again gives other bytes (SHA-256 {sha[:16]}..., the report's "
                             f"{entry['sha256'][:16]}...): {detail}")
     else:
         content = _content_digest(entry["role"], again)
         if content != entry["content_sha256"]:
-            detail = _describe(entry, again, on_disk, ct, model) if on_disk is not None and disk_sha == entry["sha256"] \
-                else "the file as written is not here to compare with"
+            detail = _describe(entry, again, on_disk, ct, model) if original else NOT_HERE
             problems.append(f"the run again gives other content (decoded; content SHA-256 {content[:16]}..., the "
                             f"report's {entry['content_sha256'][:16]}...): {detail}")
     if on_disk is not None and disk_sha != entry["sha256"]:
@@ -244,8 +245,12 @@ def _compare(entry: dict, again: Path | None, report: dict, report_path: Path, c
     how = ("byte for byte" if entry["compare"] == "bytes" else
            "same decoded content (a DICOM object's UIDs and times are new in every run, so its bytes are not "
            "compared; its segments or contours, their codes and every pixel are)")
-    where = "" if on_disk is not None else " (the file as written is not beside the report nor at its path; its digest was checked)"
+    where = "" if on_disk is not None else (" (the file as written is not beside the report nor at its path; its "
+                                            "digest was checked)")
     say(f"{shown}: reproduced, {how}{where}")
+
+
+NOT_HERE = "the file as written is not here to compare with"
 
 
 def _content_digest(role: str, path: Path) -> str:
