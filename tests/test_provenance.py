@@ -191,7 +191,7 @@ def test_the_schema_is_documented_and_versioned():
     """docs/provenance.md lists every field of npunet.io.report.REPORT (as `dotted.path`) and no other, and
     names the version; a report of another version is refused with one line."""
     page = (REPO / "docs" / "provenance.md").read_text()
-    documented = set(re.findall(r"^\| `([a-z_\[\].]+)` \|", page, re.M))
+    documented = set(re.findall(r"^\| `([a-z0-9_\[\].]+)` \|", page, re.M))
     fields = set(schema_paths(REPORT))
     print(f"\n  {len(fields)} fields in the schema, {len(documented)} documented")
     assert fields - documented == set(), f"not documented: {sorted(fields - documented)}"
@@ -508,3 +508,48 @@ def test_a_report_verifies_from_another_checkout(data_dir, tmp_path):
                         env={**env, "NPUNET_TILES": "default"}, timeout=900)
     print(rc.stdout)
     assert rc.returncode == 1 and "abd.nii.gz: DIFFERS" in rc.stdout and LABELS[organ] in rc.stdout
+
+
+def test_a_split_folder_with_its_report_inside_verifies(stand_ins, capsys, case):
+    """--split: report.json inside the folder (published with it, whole), one entry per organ mask; verify
+    reproduces each, and a mask edited by hand is named with its organ's voxels."""
+    rc, _, err = stand_ins.run(capsys, "segment", case["ct"], "-o", case["out"] / "masks", "--split", "--organs",
+                               "liver,right_kidney", "--statistics", "--report", "--weights", case["weights"],
+                               "--quiet")
+    assert rc == 0, err
+    assert files(case["out"]) == ["masks", "masks/labels.json", "masks/liver.nii.gz", "masks/report.json",
+                                  "masks/right_kidney.nii.gz", "masks/statistics.csv", "masks/statistics.json"]
+    report = read_report(case["out"] / "masks" / "report.json")
+    assert [(o["role"], o.get("organ")) for o in report["outputs"]] == [
+        ("mask", "liver"), ("mask", "right_kidney"), ("names", None), ("statistics_csv", None),
+        ("statistics_json", None)]
+    assert report["options"]["split"] is True and report["options"]["organs"] == [1, 2]
+    rc, out, _ = stand_ins.run(capsys, "verify", case["out"] / "masks" / "report.json")
+    assert rc == 0 and "liver.nii.gz: reproduced, byte for byte" in out, out
+    mask_path = case["out"] / "masks" / "right_kidney.nii.gz"
+    img = nib.load(mask_path)
+    mask = np.asarray(img.dataobj).copy()
+    assert mask[:, :, :10].any()
+    mask[:, :, :10] = 0
+    nib.save(nib.Nifti1Image(mask, img.affine, img.header), mask_path)
+    rc, out, _ = stand_ins.run(capsys, "verify", case["out"] / "masks" / "report.json", "--quiet")
+    print("\n" + out)
+    assert rc == 1 and "right_kidney.nii.gz: DIFFERS" in out and "by organ: right_kidney" in out
+
+
+def test_verify_mistakes_are_one_line_errors(stand_ins, capsys, tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    for argv, word in ((["verify", tmp_path / "none.json"], "no such file"),
+                       (["verify", tmp_path / "x.json"], "not an npunet report"),
+                       (["verify"], "REPORT.json"),
+                       (["verify", tmp_path / "x.json", "--threads", "2"], "unrecognized arguments")):
+        try:
+            rc, _, err = stand_ins.run(capsys, *argv)
+        except SystemExit as e:            # argparse's one line (npunet.cli.OneLineParser), exit code 2
+            rc, err = e.code, capsys.readouterr().err
+        print(f"\n  {' '.join(map(str, argv[1:]))}: rc {rc}: {err.strip()}")
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and word in err
+    with pytest.raises(SystemExit) as e:
+        main(["verify", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and "--input" in text and "--weights" in text and "exit codes" in text

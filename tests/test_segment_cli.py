@@ -109,7 +109,8 @@ def test_help_exits_zero(capsys):
     text = capsys.readouterr().out
     for flag in ("--weights", "--threads", "--batch-size", "--no-postprocess", "--overwrite", "--statistics",
                  "--preview", "--quiet", ".statistics.csv", ".statistics.json", ".preview.png", ".labels.json",
-                 "--output-type", "dicom-seg", "--split", "--organs"):
+                 "--output-type", "dicom-seg", "rtstruct", "--split", "--organs", "--report", ".report.json",
+                 "npunet verify"):
         assert flag in text, flag
 
 
