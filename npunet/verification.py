@@ -155,9 +155,23 @@ def _input(report: dict, report_path: Path, given, say) -> Path:
         raise MismatchError(f"{found}: the series has changed: {len(missing)} of its {len(recorded)} instances "
                             f"are missing or changed ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); "
                             f"nothing was run")
+    added = [name for sha, name in digests.items() if sha not in recorded and _is_image(found / name)]
+    if added:
+        raise MismatchError(f"{found}: the series has changed: {len(added)} image(s) not in the report "
+                            f"({', '.join(added[:3])}{' ...' if len(added) > 3 else ''}); nothing was run")
     say(f"input {found}: the SHA-256 of each of its {len(recorded)} instances matches the report's "
         f"(series {record['sha256'][:16]}...)")
     return found
+
+
+def _is_image(path: Path) -> bool:
+    """Whether a DICOM file would be read as a slice of the series (not a SEG, report, DICOMDIR, ...)."""
+    import pydicom
+    from npunet.io.dicom import _is_non_image
+    try:
+        return not _is_non_image(pydicom.dcmread(path, stop_before_pixels=True))
+    except Exception:
+        return True            # unreadable: the reader would refuse the folder, so it counts as a change
 
 
 def _weights(report: dict, report_path: Path, given, say) -> Path:

@@ -404,6 +404,14 @@ def test_verify_a_dicom_series_with_a_changed_instance(stand_ins, capsys, data_d
     print(f"\n  rc {rc}: {err.strip()}")
     assert rc == 2 and "the series has changed: 1 of its 20 instances" in err and victim.name in err
     assert stand_ins.runs == runs
+    shutil.copy(data_dir / "dicom" / "ts_chest" / victim.name, victim)           # the original back
+    extra = pydicom.dcmread(victim)
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
+    extra.ImagePositionPatient = [float(v) for v in extra.ImagePositionPatient[:2]] + [-2000.0]
+    extra.save_as(series / "added.dcm")                                      # an image that joins the series
+    rc, _, err = stand_ins.run(capsys, "verify", report)
+    print(f"  rc {rc}: {err.strip()}")
+    assert rc == 2 and "1 image(s) not in the report (added.dcm)" in err and stand_ins.runs == runs
 
 
 # ------------------------------------------------------------------------ the real network, elsewhere --
