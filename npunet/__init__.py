@@ -7,6 +7,7 @@
     labels_img = npunet.segment_image(img)    # nibabel CT image -> uint8 label image on the same grid
     npunet.segment("series/", "organs.dcm", output_type="dicom-seg")    # `npunet segment` as a function
     rows = npunet.segment_many("imagesTs/", "out/", workers=2)   # a cohort, on Dask; the manifest rows
+    npunet.segment("ct.nii.gz", "out/", report=True); npunet.verify("out/ct.report.json").ok   # provenance
 
 The functions live in npunet.api; this file only forwards to them, imported on first use so that
 `import npunet` stays light. Nothing inside the package imports this root (docs/architecture.md).
@@ -14,7 +15,7 @@ The functions live in npunet.api; this file only forwards to them, imported on f
 
 from npunet.version import __version__
 
-__all__ = ["__version__", "load", "default_weights_path", "segment", "segment_image", "segment_many"]
+__all__ = ["__version__", "load", "default_weights_path", "segment", "segment_image", "segment_many", "verify"]
 
 
 def __getattr__(name):

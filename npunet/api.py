@@ -14,6 +14,7 @@ and `segment_volume=` (the volume -> labels function) as arguments.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import warnings
@@ -26,11 +27,13 @@ from npunet.errors import InputError, NpunetError
 from npunet.io.cases import plan_jobs
 from npunet.io.ct import check_assumed_orientation, ct_from_image, load_ct
 from npunet.io.nifti import check_output_folder, check_output_path, labels_image
+from npunet.io.paths import check_output_file
 from npunet.labels import keep_organs, parse_organs
 from npunet.machine import check_batch_size, check_threads, use_threads
 from npunet.network import from_file
 from npunet.pipeline import kernels_cached, segment_array, start_warm_up
 from npunet.progress import Log
+from npunet.verification import verify_report
 from npunet.weights import default_weights_path
 
 def load(path=None):
@@ -70,16 +73,18 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
             batch_size: int = 8, postprocess: bool = True, tta: bool = False, overwrite: bool = False,
             statistics: bool = False,
             preview: bool = False, output_type: str = "nifti", split: bool = False, organs=None,
-            quiet: bool = True, assume_orientation: str | None = None, load_model=None,
-            segment_volume=segment_array) -> list[CaseResult]:
+            quiet: bool = True, assume_orientation: str | None = None, report: bool | str = False,
+            load_model=None, segment_volume=segment_array) -> list[CaseResult]:
     """`npunet segment` as a function; returns one CaseResult per case, in case order.
 
     tta: average each slice's class probabilities with those of its left-right mirror (the network runs
-    twice; npunet.pipeline.mirror_average). output_type: "nifti" or "dicom-seg"; split: a folder of one mask
-    per organ per case; organs: names or
-    label ids to keep ("liver,spleen" or ["liver", 3]), None for all. Raises NpunetError, before any output
-    is written, for a bad INPUT/OUTPUT pair, bad options, bad output paths or bad weights; for a single
-    image, also for a bad image. For a folder of cases, a bad case is recorded in its CaseResult (ok=False,
+    twice; npunet.pipeline.mirror_average). output_type: "nifti", "dicom-seg" or "rtstruct"; split: a folder
+    of one mask per organ per case; organs: names or label ids to keep ("liver,spleen" or ["liver", 3]), None
+    for all; report: True writes each case's provenance report beside its output (CASE.report.json;
+    report.json in a --split folder), a path (.json) writes a single case's report there (npunet.io.report;
+    `npunet verify` checks it). Raises NpunetError, before any output is written, for a bad INPUT/OUTPUT
+    pair, bad options, bad output paths or bad weights; for a single image, also for a bad image. For a
+    folder of cases, a bad case is recorded in its CaseResult (ok=False,
     error=message) and the other cases still run. model: a loaded network (else load_model(weights) loads
     one, npunet.api.load by default); segment_volume: the volume -> labels function.
     """
@@ -90,18 +95,28 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
         raise NpunetError(f"--output-type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
     if split and output_type != "nifti":
         raise NpunetError(f"--split writes NIfTI masks; it does not combine with --output-type {output_type}")
-    outputs = Outputs(output_type, split, parse_organs(organs) if organs is not None else None, statistics, preview)
+    report = check_report_option(report)
+    outputs = Outputs(output_type, split, parse_organs(organs) if organs is not None else None, statistics, preview,
+                      report)
     if split and str(output_path).lower().endswith((".nii", ".nii.gz", ".dcm")):
         raise NpunetError(f"{output_path}: with --split the output is a folder of masks; give a folder name")
     jobs = plan_jobs(input_path, output_path, suffix=outputs.suffix)
     folder_of_cases = is_folder_of_cases(input_path, jobs[0].input)
+    if isinstance(report, str) and folder_of_cases:
+        raise NpunetError(f"--report {report}: a folder of cases gets one report per case (CASE.report.json "
+                          f"beside each output); give --report without a file name")
     name_suffixes = (".nii.gz", ".nii")
-    if output_type == "dicom-seg":
+    if output_type in ("dicom-seg", "rtstruct"):
+        what = "a DICOM SEG" if output_type == "dicom-seg" else "an RTSTRUCT"
         if jobs[0].kind != "dicom":
-            raise InputError(f"{input_path}: --output-type dicom-seg needs a DICOM series folder as INPUT (a "
-                             f"DICOM SEG references the source images; NIfTI has none): use --output-type nifti")
+            raise InputError(f"{input_path}: --output-type {output_type} needs a DICOM series folder as INPUT "
+                             f"({what} references the source images; NIfTI has none): use --output-type nifti")
         from npunet.io.dicom_seg import SEG_SUFFIX, import_highdicom
-        import_highdicom()
+        if output_type == "dicom-seg":
+            import_highdicom()
+        else:
+            from npunet.io.rtstruct import import_rt_utils
+            import_rt_utils()
         name_suffixes = (SEG_SUFFIX,)
     log = Log(quiet)
 
@@ -114,6 +129,12 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
             else:
                 check_output_path(job.output, job.input, overwrite, also=tuple(files.values())[1:],
                                   suffixes=name_suffixes)
+            if isinstance(report, str):
+                check_output_file(report, (job.input, job.output), overwrite, suffixes=(".json",),
+                                  what="the report (--report)")
+                if Path(report).absolute() in {Path(f).absolute() for role, f in files.items() if role != "report"}:
+                    raise InputError(f"{report}: the report would replace another output of the case; choose "
+                                     f"another name")
         except InputError as exc:
             problems.append(str(exc))
     if problems:
@@ -127,6 +148,9 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     if model is None:
         log.say(f"loading weights {weights or '(default)'}")
         model = (load_model or load)(weights)
+    if report and not getattr(model, "weights_path", None):
+        raise NpunetError("--report names the weights file the model came from, and this model was not loaded "
+                          "from a file (give weights=, not model=)")
     warm_up = start_warm_up(model)               # kernels load (or compile, once) while the first CT is read
 
     results = []
@@ -143,6 +167,18 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     return results
 
 
+def check_report_option(report) -> bool | str:
+    """--report: False (none), True (CASE.report.json beside each output) or a .json path; NpunetError else."""
+    if report is None or report is False:
+        return False
+    if report is True:
+        return True
+    if isinstance(report, (str, os.PathLike)) and str(report).lower().endswith(".json"):
+        return str(report)
+    raise NpunetError(f"--report {report}: the report must be a .json file name (or give --report alone for "
+                      f"CASE.report.json beside the output)")
+
+
 def say_if_first_run(log: Log) -> None:
     """On the first run of this build on this machine, say in one line that the kernels are being compiled:
     the one long wait a new user meets (npunet.pipeline.kernels_cached)."""
@@ -154,6 +190,14 @@ def is_folder_of_cases(input_path, first_case_input) -> bool:
     """Whether INPUT is a folder of cases (each planned as its own job, the first reading
     `first_case_input`), rather than one CT."""
     return Path(input_path).is_dir() and Path(first_case_input) != Path(input_path)
+
+
+def verify(report, *, input=None, weights=None, log=None, load_model=None, segment_volume=segment_array):
+    """Run the case of a provenance report (`segment(..., report=...)`) again and check every output; a
+    npunet.verification.Verification (.ok, .lines). Raises npunet.verification.MismatchError, before running
+    anything, when an input or the weights no longer match the report's digests (see npunet.verification)."""
+    return verify_report(report, input=input, weights=weights, log=log or (lambda line: None),
+                         load_model=load_model, segment_volume=segment_volume)
 
 
 def segment_many(inputs, output_dir, *, client=None, **options) -> list[dict]:
@@ -178,4 +222,4 @@ def in_background(function, *args) -> Future:
     return future
 
 
-__all__ = ["load", "default_weights_path", "segment", "segment_image", "segment_many", "label_names"]
+__all__ = ["load", "default_weights_path", "segment", "segment_image", "segment_many", "verify", "label_names"]

@@ -1,6 +1,6 @@
-"""The `npunet` command: segment, evaluate, summary, explain, tune, export, parity, goldens. Each subcommand lives
-in its own module, which gives `add_arguments(parser)` and `run(args) -> exit code`; this file only dispatches
-and turns user errors into one-line messages with a non-zero exit code.
+"""The `npunet` command: segment, verify, evaluate, summary, explain, tune, export, parity, goldens. Each
+subcommand lives in its own module, which gives `add_arguments(parser)` and `run(args) -> exit code`; this file
+only dispatches and turns user errors into one-line messages with a non-zero exit code.
 
 stderr belongs to npunet: a user error is one line "npunet CMD: error: ..." and exit code 2 (a bad option
 too: no usage text around it); the libraries' own warnings and log lines are captured (npunet.third_party)
@@ -19,6 +19,7 @@ from npunet.text import one_line
 
 COMMANDS = {
     "segment": ("npunet.commands.segment", "segment a CT (NIfTI file, DICOM folder, or folder of cases) into 13 organs"),
+    "verify": ("npunet.commands.verify", "run a case again from its --report and check every output, byte for byte"),
     "evaluate": ("npunet.commands.evaluate", "score label maps against ground truth with the FLARE DSC / NSD protocol"),
     "summary": ("npunet.commands.summary", "per-layer shapes, parameters and multiply-adds of a network"),
     "explain": ("npunet.commands.explain", "follow one CT slice through the network, as an HTML page with pictures"),

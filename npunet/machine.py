@@ -56,6 +56,12 @@ def use_threads(threads) -> None:
         numba.set_num_threads(threads)
 
 
+def current_threads() -> int:
+    """The kernels' thread count for the calling thread (what a run records in its report)."""
+    import numba
+    return int(numba.get_num_threads())
+
+
 def check_batch_size(batch_size) -> int:
     """`batch_size` as an int >= 1 (slices per network call), or NpunetError."""
     import numpy as np

@@ -33,6 +33,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -89,6 +90,7 @@ class Network:
         self.preprocessing = dict(preprocessing or {})
         self.metadata = dict(metadata or {})
         self.weights_sha256 = weights_sha256          # the weights file's SHA-256, when loaded from one
+        self.weights_path: str | None = None          # and its absolute path (from_file)
         self.groups = spec["norm"]["groups"]
         self.eps = float(spec["norm"]["eps"])
         self.align_corners = bool(spec["upsample"].get("align_corners", False))
@@ -324,5 +326,7 @@ def from_file(path) -> Network:
     from npunet.weights import read_weights
     header, tensors = read_weights(path)
     tuning.tiles()
-    return Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"),
-                   weights_sha256=header["file_sha256"])
+    net = Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"),
+                  weights_sha256=header["file_sha256"])
+    net.weights_path = str(Path(path).absolute())       # recorded in a run's report (npunet.io.report)
+    return net

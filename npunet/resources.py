@@ -114,3 +114,15 @@ def check_memory(nbytes: float, what: str, advice: str = "") -> None:
         tail = f"; {advice}" if advice else ""
         raise ResourceError(f"{what} needs {format_bytes(nbytes)} of memory, {format_bytes(available)} "
                             f"is available{tail}")
+
+
+def peak_memory() -> int | None:
+    """The most resident memory this process has held so far, in bytes (getrusage's ru_maxrss), or None
+    where it cannot be read."""
+    try:
+        import resource
+        import sys
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError, ValueError):
+        return None
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024     # bytes on macOS, KiB on Linux

@@ -451,5 +451,71 @@ def test_read_ct_multi_member_gzip(tmp_path):
     assert np.array_equal(img.get_fdata(dtype=np.float32), vol.astype(np.float32))
     assert Path(img.get_filename()) == path
     path.write_bytes(gzip.compress(raw)[:-100])                       # truncated
-    with pytest.raises(InputError, match="truncated or corrupt"):
+    with pytest.raises(InputError, match="truncated"):
         read_ct(path)
+
+
+# ------------------------------------------------------------------ gzip trailers: inputs read whole --
+
+def _gz_ct(tmp_path):
+    """A small gzipped CT, its bytes, and the volume it holds."""
+    vol = ct_like((30, 28, 12), seed=7)
+    path = save(tmp_path, "whole.nii.gz", vol)
+    return path.read_bytes(), vol
+
+
+@pytest.mark.parametrize("cut", [1, 4, 7, 8])
+def test_read_ct_refuses_a_stream_cut_inside_its_trailer(tmp_path, cut):
+    """The 8-byte gzip trailer (CRC-32, length) cut short: every voxel decompresses, but the file is not
+    whole; it used to be read (and segmented) with its CRC never checked."""
+    blob, vol = _gz_ct(tmp_path)
+    bad = tmp_path / f"cut{cut}.nii.gz"
+    bad.write_bytes(blob[:-cut])
+    with pytest.raises(InputError) as e:
+        read_ct(bad)
+    assert_one_line_error(e, bad.name, "truncated gzip", "trailer" if cut < 8 else "stops")
+    ok = tmp_path / "ok.nii.gz"
+    ok.write_bytes(blob)
+    assert np.array_equal(read_ct(ok).get_fdata(dtype=np.float32), vol.astype(np.float32))
+
+
+@pytest.mark.parametrize("field,offset,words", [("CRC-32", -8, ["CRC-32", "does not match"]),
+                                                ("length", -4, ["length", "does not match"])])
+def test_read_ct_refuses_a_corrupted_trailer(tmp_path, field, offset, words):
+    blob, _ = _gz_ct(tmp_path)
+    damaged = bytearray(blob)
+    damaged[offset] ^= 0x5A
+    bad = tmp_path / f"bad_{field}.nii.gz"
+    bad.write_bytes(bytes(damaged))
+    with pytest.raises(InputError) as e:
+        read_ct(bad)
+    assert_one_line_error(e, bad.name, "corrupt gzip", *words)
+
+
+def test_read_ct_refuses_a_flipped_bit_in_the_compressed_data(tmp_path):
+    blob, _ = _gz_ct(tmp_path)
+    damaged = bytearray(blob)
+    damaged[len(blob) // 2] ^= 0x01
+    bad = tmp_path / "flipped.nii.gz"
+    bad.write_bytes(bytes(damaged))
+    with pytest.raises(InputError) as e:
+        read_ct(bad)
+    assert_one_line_error(e, bad.name, "corrupt")
+
+
+def test_read_ct_multi_member_trailers_are_checked(tmp_path):
+    """Every member of a bgzip-style file ends in its own trailer, and each is checked."""
+    vol = np.random.default_rng(6).integers(-1000, 1000, (20, 18, 7)).astype(np.int16)
+    raw = nib.Nifti1Image(vol, np.diag([0.8, 0.8, 2.5, 1.0])).to_bytes()
+    first, second = gzip.compress(raw[:1000]), gzip.compress(raw[1000:])
+    path = tmp_path / "multi.nii.gz"
+    damaged = bytearray(first)
+    damaged[-6] ^= 0x01                      # the first member's CRC
+    path.write_bytes(bytes(damaged) + second)
+    with pytest.raises(InputError) as e:
+        read_ct(path)
+    assert_one_line_error(e, "multi.nii.gz", "CRC-32")
+    path.write_bytes(first + second[:-3])     # the last member's trailer cut
+    with pytest.raises(InputError) as e:
+        read_ct(path)
+    assert_one_line_error(e, "multi.nii.gz", "trailer")

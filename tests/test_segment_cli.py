@@ -67,10 +67,16 @@ def fake():
     INJECTED.clear()
 
 
-def run_cli(capsys, *argv):
+def run_cli(capsys, *argv, anatomy=False):
+    """(exit code, stdout, stderr) of `npunet segment ARGV` with the active stand-ins. The fake network's labels
+    are noise that touches every face of the image, so the anatomy checks' warning line (tested in
+    tests/test_anatomy.py) is left out of stderr unless anatomy=True."""
     rc = main(["segment", *map(str, argv)], **INJECTED)
     captured = capsys.readouterr()
-    return rc, captured.out, captured.err
+    err = captured.err
+    if not anatomy:
+        err = "".join(line for line in err.splitlines(keepends=True) if ": warning: anatomy check: " not in line)
+    return rc, captured.out, err
 
 
 def save(path, data, affine=None, qcode=1, scode=1):
@@ -104,7 +110,8 @@ def test_help_exits_zero(capsys):
     text = capsys.readouterr().out
     for flag in ("--weights", "--threads", "--batch-size", "--no-postprocess", "--overwrite", "--statistics",
                  "--preview", "--quiet", ".statistics.csv", ".statistics.json", ".preview.png", ".labels.json",
-                 "--output-type", "dicom-seg", "--split", "--organs"):
+                 "--output-type", "dicom-seg", "rtstruct", "--split", "--organs", "--report", ".report.json",
+                 "npunet verify"):
         assert flag in text, flag
 
 
@@ -207,6 +214,25 @@ def _truncated(tmp_path):
     return p
 
 
+def _trailer_cut(tmp_path):
+    """Every voxel is there; only the gzip trailer (CRC-32 and length) is cut short."""
+    good = save(tmp_path / "in" / "good.nii.gz", small_ct(shape=(40, 40, 30)))
+    p = tmp_path / "in" / "trailer_0000.nii.gz"
+    p.write_bytes(good.read_bytes()[:-5])
+    good.unlink()
+    return p
+
+
+def _bad_crc(tmp_path):
+    good = save(tmp_path / "in" / "good.nii.gz", small_ct(shape=(40, 40, 30)))
+    blob = bytearray(good.read_bytes())
+    blob[-7] ^= 0xFF
+    p = tmp_path / "in" / "crc_0000.nii.gz"
+    p.write_bytes(bytes(blob))
+    good.unlink()
+    return p
+
+
 def _nan(tmp_path):
     data = small_ct().astype(np.float32)
     data[1, 2, 3] = np.nan
@@ -249,6 +275,8 @@ BAD_INPUTS = {
     "missing file": (lambda d, t: t / "in" / "nope_0000.nii.gz", ["nope_0000.nii.gz", "no such file"]),
     "garbage": (lambda d, t: _garbage(t), ["garbage_0000.nii.gz", "not a readable NIfTI"]),
     "truncated gzip": (lambda d, t: _truncated(t), ["trunc_0000.nii.gz", "truncated"]),
+    "gzip trailer cut": (lambda d, t: _trailer_cut(t), ["trailer_0000.nii.gz", "truncated gzip", "trailer"]),
+    "gzip CRC wrong": (lambda d, t: _bad_crc(t), ["crc_0000.nii.gz", "CRC-32", "does not match"]),
     "2D": (lambda d, t: save(t / "in" / "flat_0000.nii.gz", small_ct(shape=(12, 10))), ["2D"]),
     "4D": (lambda d, t: save(t / "in" / "four_0000.nii.gz", small_ct(shape=(12, 10, 8, 3))), ["4D", "volumes"]),
     "zero axis": (lambda d, t: save(t / "in" / "zero_0000.nii.gz", np.zeros((5, 0, 4), np.int16)), ["size 0"]),

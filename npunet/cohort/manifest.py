@@ -6,7 +6,8 @@
   seconds, worker). A case is complete when its record exists and everything in it still holds
   (`record_problem` returns None): that is how a re-run knows what to skip.
 - `OUTPUT/npunet_manifest.csv` and `.json`: one row per case (case, input, output, status, error, seconds,
-  worker, attempt, slices, one `ORGAN_ml` column per organ); the JSON adds the run's settings and counts.
+  worker, attempt, slices, one `ORGAN_ml` column per organ, and the case's provenance report when the run
+  writes them, `--report`); the JSON adds the run's settings and counts.
   Both are rewritten atomically as cases finish, so an interrupted run leaves a valid manifest.
 """
 
@@ -149,10 +150,11 @@ def write_manifest(output_dir: str | os.PathLike, rows: list[dict], organs: list
     ({organ: mL}); organs: the organ names, in label order, one CSV column each."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*COLUMNS, *map(organ_column, organs)])
+    writer.writerow([*COLUMNS, *map(organ_column, organs), "report"])
     for row in rows:
         volumes = row.get("volumes_ml") or {}
-        writer.writerow([_cell(row.get(c)) for c in COLUMNS] + [_cell(volumes.get(o)) for o in organs])
+        writer.writerow([_cell(row.get(c)) for c in COLUMNS] + [_cell(volumes.get(o)) for o in organs]
+                        + [_cell(row.get("report"))])
     csv_path, json_path = manifest_paths(output_dir)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     counts = {s: sum(1 for r in rows if r.get("status") == s) for s in STATUSES}

@@ -90,15 +90,17 @@ class RunSettings:
     stale_after: float = STALE_AFTER_SECONDS
     assume_orientation: str | None = None
     tta: bool = False
+    report: bool = False
 
     def outputs(self) -> Outputs:
-        """What a cohort case writes: a NIfTI label map of every organ, and the chosen sidecars."""
-        return Outputs(statistics=self.statistics, preview=self.preview)
+        """What a cohort case writes: a NIfTI label map of every organ, the chosen sidecars, and with report
+        its provenance report CASE.report.json (npunet.io.report)."""
+        return Outputs(statistics=self.statistics, preview=self.preview, report=self.report)
 
     def options(self) -> dict:
         """The options that change a case's output files (recorded, and compared on a re-run)."""
         return {"postprocess": self.postprocess, "statistics": self.statistics, "preview": self.preview,
-                "assume_orientation": self.assume_orientation, "tta": self.tta}
+                "assume_orientation": self.assume_orientation, "tta": self.tta, "report": self.report}
 
     def expected_record(self, job: Job) -> dict:
         return {"case": job.case, "input_identity": input_identity(job.input), "weights_sha256": self.weights_sha256,
@@ -106,13 +108,16 @@ class RunSettings:
 
 
 def case_row(job: Job, status: str, *, error: str = "", seconds: float | None = None, worker: str = "",
-             attempt: int | None = None, slices: int | None = None, volumes_ml: dict | None = None) -> dict:
-    """One manifest row."""
+             attempt: int | None = None, slices: int | None = None, volumes_ml: dict | None = None,
+             report: str | None = None) -> dict:
+    """One manifest row; `report`: the case's provenance report, when the run writes them."""
     return {"case": job.case, "input": str(job.input), "output": str(job.output), "status": status,
             "error": " ".join(str(error).split()), "seconds": None if seconds is None else round(seconds, 3),
-            "worker": worker, "attempt": attempt, "slices": slices, "volumes_ml": dict(volumes_ml or {})}
+            "worker": worker, "attempt": attempt, "slices": slices, "volumes_ml": dict(volumes_ml or {}),
+            "report": report}
 
 
 def skipped_row(job: Job, record: dict) -> dict:
     return case_row(job, "skipped", seconds=record.get("seconds"), worker=record.get("worker", ""),
-                    attempt=record.get("attempt"), slices=record.get("slices"), volumes_ml=record.get("volumes_ml"))
+                    attempt=record.get("attempt"), slices=record.get("slices"), volumes_ml=record.get("volumes_ml"),
+                    report=record.get("report"))

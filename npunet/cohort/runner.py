@@ -85,11 +85,13 @@ def process_case(model, worker: str, job: Job, settings: RunSettings, segment_vo
             return case_row(job, "busy", seconds=result.seconds, worker=worker, attempt=claim.attempt,
                             error="another run took the case over while it ran (its heartbeat was late)")
         row = case_row(job, "done", seconds=result.seconds, worker=worker, attempt=claim.attempt,
-                       slices=result.slices, volumes_ml=result.volumes_ml)
+                       slices=result.slices, volumes_ml=result.volumes_ml,
+                       report=str(result.report) if result.report else None)
         write_record(out_dir, {**settings.expected_record(job), "input": str(job.input),
                                "files": [file_digest(f) for f in files], "run": settings.run,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               **{k: row[k] for k in ("seconds", "worker", "attempt", "slices", "volumes_ml")}})
+                               **{k: row[k] for k in ("seconds", "worker", "attempt", "slices", "volumes_ml",
+                                                      "report")}})
         return row
 
 
@@ -108,7 +110,7 @@ def segment_many(inputs, output_dir, *, client=None, workers: int | None = None,
                  threads: int | None = None, weights=None, batch_size: int = 8, postprocess: bool = True,
                  tta: bool = False,
                  statistics: bool = False, preview: bool = False, overwrite: bool = False, quiet: bool = True,
-                 assume_orientation: str | None = None, on_case=None,
+                 assume_orientation: str | None = None, report: bool = False, on_case=None,
                  stale_after: float = STALE_AFTER_SECONDS, model=None, load_model=None,
                  segment_volume=segment_array) -> list[dict]:
     """Segment many CTs into `output_dir`; returns the manifest rows (dicts), in case order.
@@ -119,6 +121,7 @@ def segment_many(inputs, output_dir, *, client=None, workers: int | None = None,
     after another. threads: Numba threads per worker (default: the cores / workers for a LocalCluster, all
     of a worker's cores otherwise). A row's status is done, skipped (complete from an earlier run),
     failed (with its one-line error), busy (claimed by another live run) or pending (not run: interrupted).
+    report: each case's provenance report as OUTPUT/CASE.report.json (npunet.io.report), named in its row.
     on_case(row) is called as each case finishes. Raises NpunetError before any work for bad options,
     weights or output folder. For the cases run in this process: model, a loaded network (else
     load_model(weights), npunet.network.from_file by default), and segment_volume, the volume -> labels
@@ -144,7 +147,7 @@ def segment_many(inputs, output_dir, *, client=None, workers: int | None = None,
     weights_sha256 = getattr(model, "weights_sha256", None) or file_digest(weights_path)["sha256"]
     organs = [name for k, name in sorted(label_names(model).items()) if k != 0]
     settings = RunSettings(uuid.uuid4().hex, str(out), weights_sha256, batch_size, postprocess, statistics,
-                           preview, overwrite, stale_after, assume_orientation, tta)
+                           preview, overwrite, stale_after, assume_orientation, tta, bool(report))
 
     rows = {job.case: case_row(job, "pending") for job in jobs}
     rows.update({row["case"]: row for row in rows_failed})

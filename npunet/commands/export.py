@@ -9,7 +9,7 @@ from npunet.io.paths import check_output_file, make_parent
 from npunet.ports.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, check_opset, export_onnx, write_onnx
 from npunet.weights import default_weights_path, read_weights
 
-EPILOG = f"""\
+EPILOG = """\
 The graph is the spec's (npunet/specs/*.json, stored in the weights file): depthwise convs as grouped Conv,
 GroupNorm + ReLU as a two-pass decomposition (docs/ports.md says why not GroupNormalization), ECA as
 ReduceMean + Conv 1D + Sigmoid + Mul, MaxPool, Resize (linear, half_pixel for align_corners False) or

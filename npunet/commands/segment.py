@@ -23,8 +23,12 @@ outputs (beside OUTPUT, for CASE.nii.gz):
   CASE.labels.json         label names, {"0": "background", "1": "liver", ...}
   CASE.statistics.csv/json per-organ voxels, volume (mL) and mean HU   (with --statistics)
   CASE.preview.png         axial + coronal slices with the labels       (with --preview)
+  CASE.report.json         provenance: digests of input, weights and outputs, options, versions, CPU,
+                           threads, batch size, timings, peak memory   (with --report; or --report FILE.json)
 with --output-type dicom-seg: CASE.dcm, a DICOM Segmentation over the input series (one segment per organ
   found, SNOMED CT coded), instead of CASE.nii.gz and CASE.labels.json; the sidecars as above
+with --output-type rtstruct: CASE.dcm, an RT Structure Set over the input series (one ROI per organ found,
+  contours per slice on the images' planes), instead of CASE.nii.gz and CASE.labels.json
 with --split: OUTPUT (or OUTPUT/CASE for a folder of cases) is a folder holding liver.nii.gz, spleen.nii.gz,
   ... (uint8 0/1, one per organ, empty ones too), labels.json, statistics.csv/json and preview.png
 
@@ -32,7 +36,9 @@ examples:
   npunet segment ct.nii.gz -o ct_labels.nii.gz
   npunet segment dicom/series_folder/ -o out/ --statistics --preview
   npunet segment dicom/series_folder/ -o organs.dcm --output-type dicom-seg
+  npunet segment dicom/series_folder/ -o contours.dcm --output-type rtstruct
   npunet segment ct.nii.gz -o masks/ --split --organs liver,spleen,left_kidney,right_kidney
+  npunet segment ct.nii.gz -o ct_labels.nii.gz --report ct.report.json   (then: npunet verify ct.report.json)
   npunet segment imagesTs/ -o predictions/ --threads 8      (CASE_0000.nii.gz -> predictions/CASE.nii.gz)
   npunet segment imagesTs/ -o predictions/ --workers 2      (a local Dask cluster; resumable; a manifest)
   npunet segment --list cases.txt -o predictions/ --scheduler tcp://10.0.0.1:8786
@@ -81,14 +87,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "blended in")
     p.add_argument("--output-type", choices=OUTPUT_TYPES, default="nifti",
                    help="nifti (default): a uint8 label map; dicom-seg: a DICOM Segmentation object (.dcm) "
-                        "that references the input series, for OHIF, 3D Slicer or a PACS (INPUT must be a "
-                        "DICOM series folder; needs highdicom: pip install 'npunet[dicom]')")
+                        "that references the input series, for OHIF, 3D Slicer or a PACS (needs highdicom: pip "
+                        "install 'npunet[dicom]'); rtstruct: a DICOM RT Structure Set (.dcm), one ROI of contours "
+                        "per organ on the series' slices, for radiotherapy planning systems (needs rt-utils: pip "
+                        "install 'npunet[rtstruct]'); both need a DICOM series folder as INPUT")
     p.add_argument("--split", action="store_true",
                    help="OUTPUT is a folder with one uint8 mask per organ (liver.nii.gz, ...; organs not found "
                         "are written empty) and labels.json, written whole or not at all")
     p.add_argument("--organs", metavar="LIST", default=None,
                    help="keep only these organs, by name or label id (e.g. liver,spleen,2), in every output "
                         "and in the statistics; the others become background")
+    p.add_argument("--report", metavar="FILE.json", nargs="?", const=True, default=False,
+                   help="also write a provenance report: SHA-256 of the input files, the weights and every output, "
+                        "the options, versions, CPU, threads, batch size, timings and peak memory "
+                        "(docs/provenance.md); FILE.json for one case, or alone for CASE.report.json beside "
+                        "each output (a folder of cases, a cohort); `npunet verify` checks it")
     p.add_argument("--quiet", action="store_true",
                    help="no progress messages (warnings, errors and a folder's failure summary still show)")
     add_assume_orientation(p)
@@ -120,7 +133,7 @@ def run(args: argparse.Namespace, load_model=None, segment_volume=segment_array)
                       overwrite=args.overwrite,
                       statistics=args.statistics, preview=args.preview, output_type=args.output_type,
                       split=args.split, organs=args.organs, quiet=args.quiet,
-                      assume_orientation=args.assume_orientation, segment_volume=segment_volume)
+                      assume_orientation=args.assume_orientation, report=args.report, segment_volume=segment_volume)
     failed = [r for r in results if not r.ok]
     if is_folder_of_cases(args.input, results[0].input) and (failed or not args.quiet):
         names = f" ({', '.join(r.case for r in failed)})" if failed else ""
@@ -132,7 +145,11 @@ def run(args: argparse.Namespace, load_model=None, segment_volume=segment_array)
 def run_cohort(args: argparse.Namespace, load_model=None, segment_volume=segment_array) -> int:
     if args.input is not None and args.list_file:
         raise NpunetError("give INPUT or --list FILE, not both")
-    chosen = [o for o, on in (("--output-type dicom-seg", args.output_type != "nifti"), ("--split", args.split),
+    if isinstance(args.report, str):
+        raise NpunetError(f"--report {args.report}: a cohort run writes one report per case (OUTPUT/CASE.report.json); "
+                          f"give --report without a file name")
+    chosen = [o for o, on in ((f"--output-type {args.output_type}", args.output_type != "nifti"),
+                              ("--split", args.split),
                               ("--organs", args.organs is not None)) if on]
     if chosen:
         raise NpunetError(f"{chosen[0]} is for serial runs; a cohort run (--workers, --scheduler, --list) "
@@ -141,8 +158,8 @@ def run_cohort(args: argparse.Namespace, load_model=None, segment_volume=segment
     rows = segment_many(inputs, args.output, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
                         weights=args.weights, batch_size=args.batch_size, postprocess=not args.no_postprocess,
                         tta=args.tta, statistics=args.statistics, preview=args.preview, overwrite=args.overwrite,
-                        quiet=args.quiet, assume_orientation=args.assume_orientation, load_model=load_model,
-                        segment_volume=segment_volume)
+                        quiet=args.quiet, assume_orientation=args.assume_orientation, report=bool(args.report),
+                        load_model=load_model, segment_volume=segment_volume)
     line, ok = cohort_summary(rows)
     if not ok or not args.quiet:
         print(line, file=sys.stderr)

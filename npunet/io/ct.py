@@ -22,6 +22,7 @@ import numpy as np
 
 from npunet.errors import InputError
 from npunet.io.cases import Job, plan_jobs, read_job
+from npunet.io.digests import INPUT_FILES
 from npunet.io.nifti import validate_image
 from npunet.io.validate import image_warnings, orientation_affine, parse_axcodes
 from npunet.preprocess import axial_axis, voxel_sizes
@@ -48,6 +49,11 @@ class CT:
     @property
     def slices(self) -> int:
         return int(self.volume.shape[self.axial_axis])
+
+    @property
+    def input_files(self) -> list[dict]:
+        """The digests of the files read, as read (npunet.io.digests; none for an image given in memory)."""
+        return list(getattr(self.image, "extra", {}).get(INPUT_FILES, []))
 
 
 def check_assumed_orientation(assume_orientation: str | None) -> str | None:

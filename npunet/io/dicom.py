@@ -17,6 +17,7 @@ pydicom is optional: it is imported here only, and its absence is an InputError 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
+from npunet.io.digests import INPUT_FILES, bytes_digest
 from npunet.text import one_line
 from npunet.io.validate import check_affine, check_voxels
 from npunet.resources import check_memory
@@ -216,10 +218,12 @@ def read_dicom_series(folder: str | os.PathLike) -> nib.Nifti1Image:
     check_memory(4 * cols * rows * n + 16 * cols * rows, f"{folder} ({cols}x{rows}x{n} voxels)",
                  "the series is too large for this machine")
     volume = np.empty((cols, rows, n), dtype=np.float32)
+    digests = []
     for k, (f, ds) in enumerate(slices):
-        volume[:, :, k] = _read_slice_hu(pydicom, f, rows, cols).T
+        volume[:, :, k], digest = _read_slice_hu(pydicom, f, rows, cols)
+        digests.append(digest)
     check_voxels(volume, str(folder))
-    img = nib.Nifti1Image(volume, affine, extra={DICOM_HEADERS: [ds for _, ds in slices]})
+    img = nib.Nifti1Image(volume, affine, extra={DICOM_HEADERS: [ds for _, ds in slices], INPUT_FILES: digests})
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -260,10 +264,15 @@ def _check_spacing(folder: Path, along: np.ndarray, slices) -> None:
                          f"({hint})")
 
 
-def _read_slice_hu(pydicom, path: Path, rows: int, cols: int) -> np.ndarray:
+def _read_slice_hu(pydicom, path: Path, rows: int, cols: int) -> tuple[np.ndarray, dict]:
+    """(the slice's (columns, rows) HU pixels, the digest of the file's bytes that were decoded)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({one_line(exc)})") from None
     with captured() as notes:
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(io.BytesIO(data))
         except Exception as exc:
             raise InputError(notes.fold(f"{path}: unreadable DICOM file ({one_line(exc)})")) from None
         if "PixelData" not in ds:
@@ -286,7 +295,7 @@ def _read_slice_hu(pydicom, path: Path, rows: int, cols: int) -> np.ndarray:
     if slope == 0:
         raise InputError(f"{path}: RescaleSlope is 0 (every pixel would be {intercept:g} HU)")
     with np.errstate(all="ignore"):
-        return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T, bytes_digest(path.name, data)
 
 
 def _describe(ds) -> str:

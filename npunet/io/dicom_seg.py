@@ -177,3 +177,47 @@ def write_dicom_seg(labels: np.ndarray, headers: list, path: str | os.PathLike, 
     make_parent(path)
     atomic_write(path, lambda tmp: seg.save_as(tmp), overwrite=overwrite)
     return notes
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of what a SEG says, without what is new in every run (its own Series and SOP Instance
+    UIDs, dates and times): the frame of reference, the referenced series, each segment's number, label and
+    codes, and each frame's source image, segment and pixels. Two SEGs of the same labels over the same
+    series have the same content digest (a report records it; `npunet verify` compares it)."""
+    import hashlib
+    import json
+    import pydicom
+    ds = pydicom.dcmread(path)
+    h = hashlib.sha256()
+    segments = []
+    for item in ds.SegmentSequence:
+        kind = item.SegmentedPropertyTypeCodeSequence[0]
+        modifiers = [m.CodeValue for m in kind.get("SegmentedPropertyTypeModifierCodeSequence", [])]
+        segments.append([int(item.SegmentNumber), str(item.SegmentLabel), str(kind.CodeValue), modifiers])
+    referenced = [str(s.SeriesInstanceUID) for s in ds.get("ReferencedSeriesSequence", [])]
+    h.update(json.dumps({"frame_of_reference": str(ds.FrameOfReferenceUID), "series": referenced,
+                         "segments": segments, "rows": int(ds.Rows), "columns": int(ds.Columns)}).encode())
+    pixels = ds.pixel_array.reshape(int(ds.get("NumberOfFrames", 1)), int(ds.Rows), int(ds.Columns))
+    frames = []
+    for i, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        frames.append((str(source), segment, i))
+    for source, segment, i in sorted(frames):
+        h.update(f"{source} {segment}\n".encode())
+        h.update(np.ascontiguousarray(pixels[i], dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def decoded_labels(path: str | os.PathLike, source_uids: list[str], label_names: dict[int, str]) -> np.ndarray:
+    """The SEG decoded back into npunet labels, (len(source_uids), rows, columns), one plane per source image
+    in the order given; a segment whose label is not in label_names counts as 255."""
+    hd = import_highdicom()
+    seg = hd.seg.segread(path)
+    numbers = seg.get_pixels_by_source_instance(source_uids, combine_segments=True, relabel=False,
+                                                assert_missing_frames_are_empty=True)
+    by_name = {str(v): int(k) for k, v in label_names.items()}
+    to_label = np.zeros(max([int(i.SegmentNumber) for i in seg.SegmentSequence] + [0]) + 1, np.uint8)
+    for item in seg.SegmentSequence:
+        to_label[int(item.SegmentNumber)] = by_name.get(str(item.SegmentLabel), 255)
+    return to_label[numbers]

@@ -17,6 +17,7 @@ What this file promises:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -27,6 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from npunet.errors import InputError
+from npunet.io.digests import INPUT_FILES
 from npunet.io.validate import (check_affine, check_dims, check_header, check_header_fields, check_orientation,
                                 check_voxels, parse_header)
 from npunet.io.validate import hu_range_warning  # noqa: F401  (re-exported: npunet.io, older callers)
@@ -109,9 +111,15 @@ def open_image(path: str | os.PathLike):
             end = check_header(hdr, str(path), file_bytes=None if gz else size, gzip_bytes=size if gz else None)
             f.seek(0)
             blob = f.read() if gz else f.read(end)
+            digest = hashlib.sha256(blob)     # the bytes decoded, and the rest of the file (what sha256sum
+            size = len(blob)                  # prints): what a report vouches for
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({one_line(exc, path)})") from None
-    raw = _gunzip(blob, limit=end, name=path) if gz else blob
+    digest = {"name": path.name, "size": size, "sha256": digest.hexdigest()}
+    raw = _gunzip(blob, limit=end, name=path, whole=True) if gz else blob
     del blob
     if len(raw) < end:
         raise InputError(f"{path}: truncated or corrupt image data: the header declares {end:,} bytes of header "
@@ -123,24 +131,38 @@ def open_image(path: str | os.PathLike):
         except Exception as exc:  # nibabel's HeaderDataError, ValueError, ... for bytes our checks let through
             raise InputError(notes.fold(f"{path}: not a readable NIfTI image ({one_line(exc, path)})")) from None
     img.set_filename(str(path))   # the voxels stay in memory; the name is kept for messages and for
-    return img                    # refusing to write over the input
+    img.extra[INPUT_FILES] = [digest]     # refusing to write over the input
+    return img
 
 
-def _gunzip(data: bytes, limit: int, name) -> bytes:
+def _gunzip(data: bytes, limit: int, name, whole: bool = False) -> bytes:
     """The first `limit` decompressed bytes of gzip data (fewer if it ends sooner), over every member (bgzip
-    writes many), trailing zeros ignored; never decompresses more than `limit`."""
-    parts, total, pos = [], 0, 0
+    writes many), trailing zeros ignored; never keeps more than `limit`.
+
+    whole=True (reading an image, not peeking at its header): the data must also be one or more complete gzip
+    members, each ending in its 8-byte trailer (CRC-32 and length), which zlib checks. Bytes decompressed past
+    `limit` are counted and dropped (at most `limit` of them: more is not a NIfTI file's slack). A stream that
+    stops before or inside a trailer, a CRC or a length that does not match, is an InputError: the image is
+    refused rather than read from a file that is not whole (the report's input digest vouches for a file read
+    whole and intact)."""
+    parts, total, pos, extra = [], 0, 0, 0
     view = memoryview(data)
     stream, pending = zlib.decompressobj(wbits=31), b""
     try:
-        while total < limit:
+        while total < limit or whole:
             if not pending:
                 if pos >= len(data):
                     break
                 pending, pos = view[pos:pos + GZIP_CHUNK], pos + GZIP_CHUNK
-            piece = stream.decompress(pending, limit - total)
-            parts.append(piece)
-            total += len(piece)
+            if total < limit:
+                piece = stream.decompress(pending, limit - total)
+                parts.append(piece)
+                total += len(piece)
+            else:                                           # past the image: check, count and drop
+                extra += len(stream.decompress(pending, GZIP_CHUNK))
+                if extra > limit:
+                    raise InputError(f"{name}: the gzip stream holds more than twice the {limit:,} bytes the "
+                                     f"header declares; not a NIfTI image as written by a NIfTI writer")
             pending = stream.unconsumed_tail
             if stream.eof:
                 pending = stream.unused_data
@@ -148,8 +170,24 @@ def _gunzip(data: bytes, limit: int, name) -> bytes:
                     break                                   # only zero padding after the last member
                 stream = zlib.decompressobj(wbits=31)
     except zlib.error as exc:
-        raise InputError(f"{name}: truncated or corrupt image data ({one_line(exc)})") from None
+        raise InputError(f"{name}: {_gzip_problem(exc)}") from None
+    if whole and not stream.eof:
+        where = ("inside its 8-byte trailer (CRC-32 and length)" if total >= limit
+                 else "before the end of the image data")
+        raise InputError(f"{name}: truncated gzip data: the stream stops {where}; the file is not whole "
+                         f"(an interrupted copy or download?)")
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _gzip_problem(exc: zlib.error) -> str:
+    """zlib's error, said for a user: a CRC or length that does not match, or truncated or corrupt data."""
+    text = one_line(exc)
+    if "incorrect data check" in text:
+        return ("corrupt gzip data: the CRC-32 in its trailer does not match the decompressed data (a damaged "
+                "file)")
+    if "incorrect length check" in text:
+        return "corrupt gzip data: the length in its trailer does not match the decompressed data (a damaged file)"
+    return f"truncated or corrupt image data ({text})"
 
 
 def read_ct(path: str | os.PathLike, assume_orientation: str | None = None) -> nib.Nifti1Image:
@@ -195,7 +233,9 @@ def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image",
 def _three_d(img, name: str):
     check_dims(tuple(int(s) for s in img.shape), name)
     if len(img.shape) > 3:
+        extra = dict(img.extra)
         img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
+        img.extra.update(extra)
     check_affine(img.affine if img.affine is not None else img.header.get_best_affine(), name)
     return img
 
@@ -205,7 +245,7 @@ def _in_memory(img, data: np.ndarray, name: str) -> nib.Nifti1Image:
     header = img.header.copy()
     header.set_data_dtype(np.float32)
     header.set_slope_inter(np.nan, np.nan)
-    out = type(img)(data, img.affine, header)
+    out = type(img)(data, img.affine, header, extra=dict(img.extra))
     if img.get_filename():
         out.set_filename(img.get_filename())  # remembered so that writing over the input can be refused
     return out

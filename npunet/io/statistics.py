@@ -1,8 +1,14 @@
-"""Per-organ statistics of a label map: voxel count, volume in millilitres, and mean HU of the input CT.
+"""Per-organ statistics of a label map: voxel count, volume in millilitres, and mean HU of the input CT, and,
+given the anatomy checks (npunet.anatomy), the faces of the image an organ touches (its volume is then a lower
+bound) and its laterality and position checks.
 
 volume_ml = voxels x voxel volume (mm^3) / 1000, with the voxel volume |det(affine[:3, :3])|, which is the
 product of the zooms for any unsheared grid (and stays right for a tilted-gantry shear).
 Both files are written to a temporary name and renamed into place.
+
+    CSV:  label,name,voxels,volume_ml,mean_hu,at_image_edge      (at_image_edge: "superior inferior", or empty)
+    JSON: {"liver": {"label": 1, "voxels": ..., "volume_ml": ..., "mean_hu": ..., "at_image_edge": ["superior"],
+                     "volume_is_lower_bound": true, "checks": [{"check": "side", "status": "pass", ...}]}, ...}
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ import os
 
 import numpy as np
 
+from npunet.anatomy import FACE_NAMES
 from npunet.publish import atomic_write, unpublish
 
-COLUMNS = ("label", "name", "voxels", "volume_ml", "mean_hu")
+COLUMNS = ("label", "name", "voxels", "volume_ml", "mean_hu", "at_image_edge")
 
 
 def voxel_volume_mm3(affine: np.ndarray) -> float:
@@ -39,9 +46,11 @@ def _slabs(length: int, items_per_index: int, budget: int = 1 << 22):
 
 
 def organ_statistics(labels: np.ndarray, volume_hu: np.ndarray | None, affine: np.ndarray,
-                     label_names: dict[int, str]) -> list[dict]:
+                     label_names: dict[int, str], checks: list | None = None) -> list[dict]:
     """One row per organ (every non-zero label in label_names, in label order, present or not):
-    {"label": k, "name": str, "voxels": int, "volume_ml": float, "mean_hu": float | None}.
+    {"label": k, "name": str, "voxels": int, "volume_ml": float, "mean_hu": float | None, "at_image_edge":
+    [face names], "volume_is_lower_bound": bool, "checks": [the organ's side / position checks]}; the last
+    three come from `checks` (npunet.anatomy.check_anatomy; none given: no face, no check).
 
     labels: (X, Y, Z) uint8; volume_hu: (X, Y, Z) the CT on the same grid (None: mean_hu is None).
     mean_hu is None for an organ with no voxels. Sums are accumulated in float64.
@@ -63,8 +72,12 @@ def organ_statistics(labels: np.ndarray, volume_hu: np.ndarray | None, affine: n
     for k in keys:
         c = int(counts[k])
         mean = float(sums[k] / c) if (sums is not None and c) else None
+        mine = [ch for ch in checks or () if ch.organ == str(label_names[k])]
+        faces = [FACE_NAMES[e] for ch in mine if ch.check == "edge" for e in ch.edges]
         rows.append({"label": k, "name": str(label_names[k]), "voxels": c,
-                     "volume_ml": round(c * vox_ml, 4), "mean_hu": None if mean is None else round(mean, 2)})
+                     "volume_ml": round(c * vox_ml, 4), "mean_hu": None if mean is None else round(mean, 2),
+                     "at_image_edge": faces, "volume_is_lower_bound": bool(faces),
+                     "checks": [ch.as_dict() for ch in mine if ch.check != "edge"]})
     return rows
 
 
@@ -77,15 +90,24 @@ def write_statistics(rows: list[dict], csv_path: str | os.PathLike, json_path: s
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else row.get(c) for c in COLUMNS])
+        writer.writerow([_cell(row.get(c)) for c in COLUMNS])
     text_csv = buf.getvalue()
-    text_json = json.dumps({r["name"]: {c: r[c] for c in COLUMNS if c != "name"} for r in rows}, indent=1) + "\n"
+    keys = [c for c in (*COLUMNS, "volume_is_lower_bound", "checks") if c != "name"]
+    text_json = json.dumps({r["name"]: {c: r[c] for c in keys if c in r} for r in rows}, indent=1) + "\n"
     atomic_write(csv_path, lambda tmp: _write_text(tmp, text_csv), overwrite=overwrite)
     try:
         atomic_write(json_path, lambda tmp: _write_text(tmp, text_json), overwrite=overwrite)
     except BaseException:
         unpublish(csv_path)                         # both files or neither
         raise
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
 
 
 def _write_text(path, text: str) -> None:
