@@ -30,6 +30,7 @@ import os, sys, time
 from npunet import signals
 signals.install()
 import nibabel as nib
+import numpy as np
 import npunet.io.statistics as st
 from npunet.labels import LABELS
 
@@ -38,7 +39,7 @@ class FakeModel:
     preprocessing = {}
 
 load_model = lambda weights=None: FakeModel()
-segment_volume = lambda volume, affine, model, **kw: (volume > 100).astype("uint8")
+segment_volume = lambda volume, affine, model, **kw: np.zeros(volume.shape, "uint8")   # no organ, no anatomy line
 mode, flags = sys.argv[1], sys.argv[2]
 
 def wait_here(path):
@@ -129,6 +130,8 @@ def test_ctrl_c_during_start_up(tmp_path, delay):
     if proc.returncode == 0 and (tmp_path / "o.nii.gz").exists():     # it came as the finished run exited
         assert "Traceback" not in err and not list(tmp_path.glob(".o.nii.gz*"))
         pytest.skip(f"the run had finished its work within {delay} s")
+    if "init_import_site" in err:     # a loaded machine: the signal came inside Python's own start, before npunet
+        pytest.skip(f"SIGINT after {delay} s fell inside the interpreter's start (site), before any npunet code")
     assert proc.returncode == 130, err
     assert "Traceback" not in err and lines[-1] in ("npunet segment: interrupted", "npunet: interrupted")
     assert all(not line.startswith("npunet") or line == lines[-1] for line in lines), err   # progress lines only
