@@ -142,8 +142,11 @@ def kernel(fn):
 
 
 def helper(fn):
-    """njit (serial) with the project's settings, for functions called inside a kernel."""
-    return _njit(fn, **_OPTIONS)
+    """njit (serial) with the project's settings, for functions called inside a kernel. Not cached on its own:
+    a cached kernel holds the machine code of the helpers it calls, so a helper is only compiled when a kernel
+    is, and two processes compiling different kernels at once (npunet.precompile) never write the same
+    helper's cache index (Numba's index of one function is not safe against two writers)."""
+    return _njit(fn, **dict(_OPTIONS, cache=False))
 
 
 def contracting_kernel(fn):
@@ -153,7 +156,7 @@ def contracting_kernel(fn):
 
 def contracting_helper(fn):
     """helper, with a*b + c fused into FMAs."""
-    return _njit(fn, **_CONTRACT)
+    return _njit(fn, **dict(_CONTRACT, cache=False))
 
 
 # ---- shared Python-side checks (run before entering a kernel) ----
