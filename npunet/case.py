@@ -149,9 +149,9 @@ def run_case(job: Job, model, outputs: Outputs = Outputs(), *, batch_size: int =
         check_labels(labels, ct.volume.shape)
         if outputs.organs is not None:
             labels = keep_organs(labels, outputs.organs)
+        counts = label_counts(labels)                 # once: the volumes and the written files' messages
         result.segment_seconds = clock() - t
         names = label_names(model, outputs.organs)
-        counts = label_counts(labels)
         result.slices = ct.slices
         voxel_ml = voxel_volume_mm3(ct.affine) / 1000.0
         result.volumes_ml = {name: round(int(counts[k]) * voxel_ml, 4) for k, name in sorted(names.items())
@@ -160,7 +160,7 @@ def run_case(job: Job, model, outputs: Outputs = Outputs(), *, batch_size: int =
         log.say(f"{prefix}: segmented in {result.segment_seconds:.1f} s" + (f" ({detail})" if detail else ""))
 
         t = clock()
-        _write(labels, ct, job, model, outputs, names, overwrite, result.written, log, prefix)
+        _write(labels, ct, job, model, outputs, names, overwrite, result.written, log, prefix, counts)
         result.write_seconds = clock() - t
         result.ok = True
         log.say(f"{prefix}: done in {clock() - t0:.1f} s")
@@ -185,23 +185,23 @@ def check_labels(labels, shape) -> None:
 
 
 def _write(labels, ct: CT, job: Job, model, outputs: Outputs, names: dict, overwrite: bool, written: list,
-           log: Log, prefix: str) -> None:
+           log: Log, prefix: str, counts) -> None:
     """Write and publish a case's files; each path joins `written` before its writing starts, so that a
     failure takes back (unpublishes) what this run published, and only that."""
     if outputs.split:     # everything goes into a folder that is published whole, or not at all
         written.append(job.output)          # taken back on failure only if it is still ours (unpublish)
         with staged_folder(job.output, overwrite=overwrite, may_replace=is_masks_folder) as folder:
             _write_files(labels, ct, output_files(folder, outputs.statistics, outputs.preview, split=True),
-                         job, model, names, overwrite=True, written=[], log=log, prefix=prefix)
+                         job, model, names, overwrite=True, written=[], log=log, prefix=prefix, counts=counts)
         log.say(f"{prefix}: wrote the folder {job.output}")
     else:
         _write_files(labels, ct, outputs.files(job.output), job, model, names, overwrite=overwrite,
-                     written=written, log=log, prefix=prefix)
+                     written=written, log=log, prefix=prefix, counts=counts)
 
 
 def _write_files(labels, ct: CT, files: dict, job: Job, model, names: dict, *, overwrite: bool, written: list,
-                 log: Log, prefix: str) -> None:
-    found = int(np.count_nonzero(label_counts(labels)[1:]))
+                 log: Log, prefix: str, counts) -> None:
+    found = int(np.count_nonzero(counts[1:]))           # label_counts(labels), computed once by run_case
     if "masks" in files:
         write_organ_masks(labels, ct.image, files["masks"], {k: v for k, v in names.items() if k != 0})
         log.say(f"{prefix}: wrote {len(names) - 1} organ masks ({found} organs found)")

@@ -84,7 +84,8 @@ def slice_batches(volume: np.ndarray, params: dict, batch_size: int, prepare=pre
 def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: int = 8,
                   postprocess: bool = True, progress=None, timings: dict | None = None, *,
                   prepare=prepare_slices, to_labels=logits_to_labels, tta: bool = False) -> np.ndarray:
-    """(X, Y, Z) HU volume with its affine -> uint8 labels of the same shape, in the same array order.
+    """(X, Y, Z) HU volume with its affine -> uint8 labels of the same shape, in the same axis order (the array
+    in Fortran memory order, as nibabel reads and writes NIfTI).
 
     model(x) maps a batch (B, C, S, S) float32 to logits (B, classes, S, S) (an npunet Network, or any
     callable: tools/torch_pipeline.py runs the torch mirror through this same loop, with its own `prepare`
@@ -129,7 +130,10 @@ def segment_array(volume_hu: np.ndarray, affine: np.ndarray, model, batch_size: 
         if progress is not None:
             progress(int(zs[-1]) + 1, nz)
         t0 = time.perf_counter()
-    out = np.ascontiguousarray(view.back(labels.transpose(1, 2, 0)))
+    # In the input's axis order and, like the CT nibabel reads, in Fortran order (x fastest): each axial slice
+    # is then one contiguous block, which NIfTI stores as is (writing a C-ordered map made nibabel gather
+    # every byte across slices: 0.5 s against 0.08 s for 512x512x100) and the closing and counts read fast.
+    out = np.asfortranarray(view.back(labels.transpose(1, 2, 0)))
     if postprocess and int(params.get("closing_radius", 0)) > 0:
         from npunet.postprocess import close_labels
         t0 = time.perf_counter()
