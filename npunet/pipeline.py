@@ -185,18 +185,20 @@ WARM_MARK = "warm"
 
 def warm_up(model) -> None:
     """Load (or, on the very first run, compile) every kernel that segment_array uses, by running the
-    network, the resize and the upsample+argmax once on tiny inputs. Numba loads a kernel from its cache on
-    the first call, and the first such load also sets Numba itself up: most of a warm start (see
-    tools/bench.py --startup). Done here, it can overlap reading the CT. Also imports the closing's
-    scipy.ndimage, another slow import."""
-    import npunet.postprocess  # noqa: F401
+    network, the resize, the upsample+argmax and the closing once on tiny inputs. Numba loads a kernel from
+    its cache on the first call, and the first such load also sets Numba itself up: most of a warm start (see
+    tools/bench.py --startup). Done here, it can overlap reading the CT."""
     from npunet.kernels import resize_bilinear
     from npunet.network import Network
+    from npunet.postprocess import close_labels
     if not isinstance(model, Network):
         return
     side = 2 * model.downsampling
     x = resize_bilinear(np.zeros((1, model.spec["in_channels"], side + 1, side + 1), np.float32), side, side)
     upsample_argmax(model(x), side, side)
+    labels = np.zeros((3, 3, 3), np.uint8, order="F")        # Fortran order, as segment_array makes it
+    labels[1, 1, 1] = 1
+    close_labels(labels, 1)
     if not kernels_cached():
         from npunet.kernels import _numba
         try:

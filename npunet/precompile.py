@@ -98,6 +98,13 @@ def _conv_transpose2x2():
     conv_transpose2x2(_x(1, 8, 4, 4), _x(8, 4, 2, 2), _x(4))
 
 
+def _closing():                                  # as npunet.postprocess.close_labels calls them
+    from npunet.kernels.morphology import close_label_box, label_boxes
+    labels = np.zeros((3, 3, 3), np.uint8, order="F")        # Fortran order, as npunet.pipeline makes it
+    labels[1, 1, 1] = 1
+    close_label_box(labels, labels.copy(order="F"), 1, label_boxes(labels)[1], 1)
+
+
 def _concat():
     from npunet.kernels import concat_channels
     concat_channels(_x(1, 2, 4, 4), _x(1, 3, 4, 4))
@@ -119,6 +126,7 @@ EXERCISES = {
     "eca": _eca,                                            # 0.9
     "group_norm": _group_norm,                              # 0.9
     "max_pool": _max_pool,                                  # 0.6
+    "closing": _closing,
     "concat": _concat,
 }
 

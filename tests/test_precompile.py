@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Load the default network, run what segmenting runs (npunet.pipeline.warm_up: the forward, the resize, the
-# upsample + argmax) and a real-sized forward, and report Numba's compilations of npunet's kernels.
+# upsample + argmax, the closing) and a real-sized forward, and report Numba's compilations of npunet's kernels.
 PROBE = """
 import json, sys
 import numpy as np
@@ -72,7 +72,7 @@ def test_network_names_its_kernels():
     names = npunet.load().kernels()
     assert set(names) <= set(EXERCISES)
     assert {"winograd", "conv3x3", "pointwise", "depthwise", "group_norm", "group_norm_coefficients", "eca",
-            "max_pool", "bilinear", "upsample_argmax"} == set(names)
+            "max_pool", "bilinear", "upsample_argmax", "closing"} == set(names)
 
 
 def test_unknown_kernel_names_are_refused():

@@ -141,6 +141,12 @@ def kernel(fn):
     return _njit(fn, parallel=True, **_OPTIONS)
 
 
+def serial_kernel(fn):
+    """njit (serial, cached) with the project's settings: an entry point called from Python whose work is too
+    small to share between threads."""
+    return _njit(fn, **_OPTIONS)
+
+
 def helper(fn):
     """njit (serial) with the project's settings, for functions called inside a kernel. Not cached on its own:
     a cached kernel holds the machine code of the helpers it calls, so a helper is only compiled when a kernel
