@@ -115,8 +115,8 @@ class Network:
     def kernels(self) -> list[str]:
         """The kernels that segmenting with this network runs (names of npunet.precompile.EXERCISES): those of
         its fused forward, the bilinear resize to its input size, the upsample + argmax of its logits back to
-        the slice and the closing of the label map (npunet.pipeline)."""
-        names = {"bilinear", "upsample_argmax", "closing"}
+        the slice, and the closing and counts of the label map (npunet.pipeline, npunet.case)."""
+        names = {"bilinear", "upsample_argmax", "label_map"}
         for step in self.fused:
             if step.kernel == "conv3x3":
                 names.add("winograd" if step.layer.in_channels >= K.WINOGRAD_MIN_CI else "conv3x3")

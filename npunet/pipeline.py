@@ -185,11 +185,12 @@ WARM_MARK = "warm"
 
 def warm_up(model) -> None:
     """Load (or, on the very first run, compile) every kernel that segment_array uses, by running the
-    network, the resize, the upsample+argmax and the closing once on tiny inputs. Numba loads a kernel from
+    network, the resize, the upsample+argmax, the closing and the label counts once on tiny inputs. Numba loads a kernel from
     its cache on the first call, and the first such load also sets Numba itself up: most of a warm start (see
     tools/bench.py --startup). Done here, it can overlap reading the CT."""
     from npunet.kernels import resize_bilinear
     from npunet.network import Network
+    from npunet.kernels.morphology import label_counts
     from npunet.postprocess import close_labels
     if not isinstance(model, Network):
         return
@@ -198,7 +199,7 @@ def warm_up(model) -> None:
     upsample_argmax(model(x), side, side)
     labels = np.zeros((3, 3, 3), np.uint8, order="F")        # Fortran order, as segment_array makes it
     labels[1, 1, 1] = 1
-    close_labels(labels, 1)
+    label_counts(close_labels(labels, 1))
     if not kernels_cached():
         from npunet.kernels import _numba
         try:

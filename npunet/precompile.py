@@ -98,11 +98,12 @@ def _conv_transpose2x2():
     conv_transpose2x2(_x(1, 8, 4, 4), _x(8, 4, 2, 2), _x(4))
 
 
-def _closing():                                  # as npunet.postprocess.close_labels calls them
-    from npunet.kernels.morphology import close_label_box, label_boxes
+def _label_map():                  # as npunet.postprocess.close_labels and npunet.io.statistics call them
+    from npunet.kernels.morphology import close_label_box, label_boxes, label_counts
     labels = np.zeros((3, 3, 3), np.uint8, order="F")        # Fortran order, as npunet.pipeline makes it
     labels[1, 1, 1] = 1
     close_label_box(labels, labels.copy(order="F"), 1, label_boxes(labels)[1], 1)
+    label_counts(labels)
 
 
 def _concat():
@@ -126,7 +127,7 @@ EXERCISES = {
     "eca": _eca,                                            # 0.9
     "group_norm": _group_norm,                              # 0.9
     "max_pool": _max_pool,                                  # 0.6
-    "closing": _closing,
+    "label_map": _label_map,                                # the closing and the label counts
     "concat": _concat,
 }
 

@@ -265,3 +265,14 @@ def test_label_boxes_match_find_objects():
             assert boxes[k, 0] == labels.shape[0] and boxes[k, 1] == 0
         else:
             assert tuple(boxes[k]) == tuple(v for s in box for v in (s.start, s.stop))
+
+
+@pytest.mark.parametrize("order", ["C", "F", "strided"])
+def test_label_counts_equal_bincount(order):
+    from npunet.io.statistics import label_counts
+    labels = random_blobs((21, 13, 8), 6, seed=4)
+    labels = {"C": labels, "F": np.asfortranarray(labels), "strided": labels[::2, :, 1:]}[order]
+    expected = np.bincount(labels.ravel(), minlength=256)
+    assert np.array_equal(label_counts(labels), expected)
+    assert np.array_equal(label_counts(labels, 14), expected[:14])
+    assert np.array_equal(label_counts(labels.astype(np.int16), 14), expected[:14])

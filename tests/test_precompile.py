@@ -72,7 +72,7 @@ def test_network_names_its_kernels():
     names = npunet.load().kernels()
     assert set(names) <= set(EXERCISES)
     assert {"winograd", "conv3x3", "pointwise", "depthwise", "group_norm", "group_norm_coefficients", "eca",
-            "max_pool", "bilinear", "upsample_argmax", "closing"} == set(names)
+            "max_pool", "bilinear", "upsample_argmax", "label_map"} == set(names)
 
 
 def test_unknown_kernel_names_are_refused():
