@@ -21,14 +21,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def close_labels(labels: np.ndarray, radius: int = 1) -> np.ndarray:
+def close_labels(labels: np.ndarray, radius: int = 1, in_place: bool = False) -> np.ndarray:
     """labels: (X, Y, Z) integer label map -> uint8 copy with each label closed by a (2r+1)^3 cube.
 
     Only voxels that are 0 in the input change; labels are processed in the order 1, 2, ..., K and a voxel
     that two closings would fill goes to the lower label, so the result does not depend on anything else.
     radius 0 returns an unchanged copy. The boxes and the closings run in Numba (npunet.kernels.morphology),
     the same voxels as close_labels_reference; the copy keeps the input's memory order (Fortran from
-    npunet.pipeline).
+    npunet.pipeline). in_place (a uint8 map): fill `labels` itself and return it, the same voxels (a voxel a
+    lower label filled is neither 0 nor the higher label, as in the copy), without allocating another map.
     """
     from npunet.kernels.morphology import close_label_box, label_boxes
     labels = np.asarray(labels)
@@ -36,7 +37,9 @@ def close_labels(labels: np.ndarray, radius: int = 1) -> np.ndarray:
         raise ValueError(f"close_labels expects a 3D label map, got shape {labels.shape}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    out = labels.astype(np.uint8, copy=True)
+    if in_place and labels.dtype != np.uint8:
+        raise ValueError(f"close_labels: in place needs a uint8 map, got {labels.dtype}")
+    out = labels if in_place else labels.astype(np.uint8, copy=True)
     if radius == 0 or not out.size:
         return out
     source = out.copy(order="K") if labels.dtype != np.uint8 else labels

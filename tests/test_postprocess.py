@@ -276,3 +276,12 @@ def test_label_counts_equal_bincount(order):
     assert np.array_equal(label_counts(labels), expected)
     assert np.array_equal(label_counts(labels, 14), expected[:14])
     assert np.array_equal(label_counts(labels.astype(np.int16), 14), expected[:14])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_close_labels_in_place_fills_the_same_voxels(seed):
+    labels = np.asfortranarray(random_blobs((19, 23, 12), 5, seed=seed))
+    expected = close_labels(labels, 1)
+    mine = labels.copy(order="F")
+    assert close_labels(mine, 1, in_place=True) is mine
+    assert np.array_equal(mine, expected)
