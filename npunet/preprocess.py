@@ -90,6 +90,12 @@ class CanonicalView:
         inverse = _orientations().ornt_transform(self.canonical_ornt, self.input_ornt)
         return _orientations().apply_orientation(canonical_array, inverse)
 
+    def of(self, input_array: np.ndarray) -> np.ndarray:
+        """An array on the input's grid (in its array order), seen on the canonical grid: a view, writes go
+        to input_array (self.back(self.of(a)) is a)."""
+        forward = _orientations().ornt_transform(self.input_ornt, self.canonical_ornt)
+        return _orientations().apply_orientation(input_array, forward)
+
 
 def canonical(volume: np.ndarray, affine: np.ndarray, orientation: str = "RAS") -> CanonicalView:
     """Reorient `volume` (X, Y, Z) with `affine` so its axes are `orientation` (a view, no copy)."""
