@@ -141,11 +141,6 @@ def _mark(name: str) -> Path:
     return _cache_dir() / f"compiled-{name}"
 
 
-def compiled(names) -> bool:
-    """Whether every kernel of `names` was compiled (and cached) on this machine for this build."""
-    return all(_mark(name).is_file() for name in names)
-
-
 def ensure(names, processes: int | None = None) -> list[str]:
     """Compile (or load) the kernels of `names` (keys of EXERCISES), sharing the work with a helper process
     when there are two cores or more and a first run needs it; returns the names this call compiled or
@@ -159,7 +154,9 @@ def ensure(names, processes: int | None = None) -> list[str]:
     todo = [n for n in names if not _mark(n).is_file()]
     if not todo or numba.config.DISABLE_JIT:
         return []
-    processes = min(2, os.cpu_count() or 1) if processes is None else processes
+    if processes is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        processes = min(2, cores)
     helper = None
     with tempfile.TemporaryDirectory(prefix="npunet-compile-") as claims:
         if processes > 1 and len(todo) > 1 and _writable(_cache_dir()):
