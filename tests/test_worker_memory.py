@@ -36,7 +36,7 @@ def test_freed_arrays_are_reused_in_a_dask_like_environment():
     changed, fixed = faults("fix")
     _, plain = faults("plain")
     assert changed is True
-    assert plain > 20 * 100               # every 16 MiB array faulted in again (pages or huge pages)
+    assert plain >= 20 * 8                # every 16 MiB array faulted in again (4 KiB pages, or 8 huge pages)
     assert fixed < plain / 4, (fixed, plain)
 
 
