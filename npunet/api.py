@@ -21,20 +21,17 @@ import warnings
 from concurrent.futures import Future
 from pathlib import Path
 
-from npunet.cohort.runner import segment_many as run_cohort
-from npunet.case import OUTPUT_TYPES, CaseResult, Outputs, check_labels, label_names, run_case
 from npunet.errors import InputError, NpunetError
-from npunet.io.cases import plan_jobs
-from npunet.io.ct import check_assumed_orientation, ct_from_image, load_ct
-from npunet.io.nifti import check_output_folder, check_output_path, labels_image
-from npunet.io.paths import check_output_file
 from npunet.labels import keep_organs, parse_organs
 from npunet.machine import check_batch_size, check_threads, use_threads
 from npunet.network import from_file
 from npunet.pipeline import kernels_cached, segment_array, start_warm_up
 from npunet.progress import Log
-from npunet.verification import verify_report
 from npunet.weights import default_weights_path
+
+# The files side (npunet.case, npunet.io: nibabel, and through it pydicom when installed), the cohort runner and
+# verification are imported by the functions that need them, not here: `import npunet; npunet.load()` and a
+# forward need neither, and they took about half of a warm start's import time (tests/test_api_imports.py).
 
 def load(path=None):
     """The network stored in an npunet weights file (default: the shipped weights), verified, with this
@@ -54,6 +51,9 @@ def segment_image(img, model=None, *, weights=None, batch_size: int = 8, postpro
     NpunetError for an unknown organ; warns (UserWarning) when the intensities do not look like Hounsfield
     units, and for the other warnings of npunet.io.validate.image_warnings.
     """
+    from npunet.case import check_labels
+    from npunet.io.ct import check_assumed_orientation, ct_from_image
+    from npunet.io.nifti import labels_image
     organ_ids = parse_organs(organs) if organs is not None else None
     batch_size = check_batch_size(batch_size)
     ct = ct_from_image(img, "image", check_assumed_orientation(assume_orientation))
@@ -74,7 +74,7 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
             statistics: bool = False,
             preview: bool = False, output_type: str = "nifti", split: bool = False, organs=None,
             quiet: bool = True, assume_orientation: str | None = None, report: bool | str = False,
-            load_model=None, segment_volume=segment_array) -> list[CaseResult]:
+            load_model=None, segment_volume=segment_array) -> list:
     """`npunet segment` as a function; returns one CaseResult per case, in case order.
 
     tta: average each slice's class probabilities with those of its left-right mirror (the network runs
@@ -88,6 +88,11 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     error=message) and the other cases still run. model: a loaded network (else load_model(weights) loads
     one, npunet.api.load by default); segment_volume: the volume -> labels function.
     """
+    from npunet.case import OUTPUT_TYPES, Outputs, run_case
+    from npunet.io.cases import plan_jobs
+    from npunet.io.ct import check_assumed_orientation, load_ct
+    from npunet.io.nifti import check_output_folder, check_output_path
+    from npunet.io.paths import check_output_file
     batch_size = check_batch_size(batch_size)
     threads = check_threads(threads)
     assume_orientation = check_assumed_orientation(assume_orientation)
@@ -196,6 +201,7 @@ def verify(report, *, input=None, weights=None, log=None, load_model=None, segme
     """Run the case of a provenance report (`segment(..., report=...)`) again and check every output; a
     npunet.verification.Verification (.ok, .lines). Raises npunet.verification.MismatchError, before running
     anything, when an input or the weights no longer match the report's digests (see npunet.verification)."""
+    from npunet.verification import verify_report
     return verify_report(report, input=input, weights=weights, log=log or (lambda line: None),
                          load_model=load_model, segment_volume=segment_volume)
 
@@ -204,7 +210,14 @@ def segment_many(inputs, output_dir, *, client=None, **options) -> list[dict]:
     """Segment a cohort (a folder, or a list of NIfTI files and DICOM series folders) into `output_dir`,
     resumably, on a Dask cluster or in this process; returns the manifest rows (options and rows: see
     npunet.cohort.runner.segment_many)."""
+    from npunet.cohort.runner import segment_many as run_cohort
     return run_cohort(inputs, output_dir, client=client, **options)
+
+
+def label_names(model, organs: tuple[int, ...] | None = None) -> dict[int, str]:
+    """The model's label names, only background and `organs` when given (npunet.case.label_names)."""
+    from npunet.case import label_names as names
+    return names(model, organs)
 
 
 def in_background(function, *args) -> Future:

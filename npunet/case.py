@@ -182,9 +182,9 @@ def run_case(job: Job, model, outputs: Outputs = Outputs(), *, batch_size: int =
         check_labels(labels, ct.volume.shape)
         if outputs.organs is not None:
             labels = keep_organs(labels, outputs.organs)
+        counts = label_counts(labels)                 # once: the volumes and the written files' messages
         result.segment_seconds = clock() - t
         names = label_names(model, outputs.organs)
-        counts = label_counts(labels)
         result.slices = ct.slices
         voxel_ml = voxel_volume_mm3(ct.affine) / 1000.0
         result.volumes_ml = {name: round(int(counts[k]) * voxel_ml, 4) for k, name in sorted(names.items())
@@ -226,7 +226,8 @@ def run_case(job: Job, model, outputs: Outputs = Outputs(), *, batch_size: int =
                 anatomy=result.anatomy, peak_memory=peak_memory())
 
         t = clock()
-        _write(labels, ct, job, model, outputs, names, overwrite, result.written, log, prefix, checks, report, warn)
+        _write(labels, ct, job, model, outputs, names, overwrite, result.written, log, prefix, checks, report, warn,
+               counts)
         result.write_seconds = clock() - t
         if "report" in outputs.files(job.output):
             result.report = outputs.files(job.output)["report"]
@@ -278,7 +279,7 @@ def check_labels(labels, shape) -> None:
 
 
 def _write(labels, ct: CT, job: Job, model, outputs: Outputs, names: dict, overwrite: bool, written: list,
-           log: Log, prefix: str, checks: list, report, warn) -> None:
+           log: Log, prefix: str, checks: list, report, warn, counts) -> None:
     """Write and publish a case's files, the report last; each path joins `written` before its writing starts,
     so that a failure takes back (unpublishes) what this run published, and only that."""
     final = outputs.files(job.output)
@@ -287,7 +288,7 @@ def _write(labels, ct: CT, job: Job, model, outputs: Outputs, names: dict, overw
         with staged_folder(job.output, overwrite=overwrite, may_replace=is_masks_folder) as folder:
             inside = output_files(folder, outputs.statistics, outputs.preview, split=True, report=outputs.report)
             _write_files(labels, ct, inside, job, model, names, overwrite=True, written=[], log=log,
-                         prefix=prefix, checks=checks, warn=warn)
+                         prefix=prefix, checks=checks, warn=warn, counts=counts)
             if outputs.report is True:      # report.json inside the folder, the files' paths the final ones
                 write_report(report(inside, final, final["report"]), inside["report"], overwrite=True)
         log.say(f"{prefix}: wrote the folder {job.output}")
@@ -296,7 +297,7 @@ def _write(labels, ct: CT, job: Job, model, outputs: Outputs, names: dict, overw
             write_report(report(final, final, final["report"]), final["report"], overwrite=overwrite)
     else:
         _write_files(labels, ct, final, job, model, names, overwrite=overwrite, written=written, log=log,
-                     prefix=prefix, checks=checks, warn=warn)
+                     prefix=prefix, checks=checks, warn=warn, counts=counts)
         if "report" in final:
             written.append(final["report"])
             write_report(report(final, final, final["report"]), final["report"], overwrite=overwrite)
@@ -305,8 +306,8 @@ def _write(labels, ct: CT, job: Job, model, outputs: Outputs, names: dict, overw
 
 
 def _write_files(labels, ct: CT, files: dict, job: Job, model, names: dict, *, overwrite: bool, written: list,
-                 log: Log, prefix: str, checks: list, warn) -> None:
-    found = int(np.count_nonzero(label_counts(labels)[1:]))
+                 log: Log, prefix: str, checks: list, warn, counts) -> None:
+    found = int(np.count_nonzero(counts[1:]))           # label_counts(labels), computed once by run_case
     if "masks" in files:
         write_organ_masks(labels, ct.image, files["masks"], {k: v for k, v in names.items() if k != 0})
         log.say(f"{prefix}: wrote {len(names) - 1} organ masks ({found} organs found)")

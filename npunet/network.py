@@ -106,6 +106,26 @@ class Network:
     def num_classes(self) -> int:
         return self.spec["num_classes"]
 
+    # The kernels (npunet.precompile.EXERCISES) that each step's method below calls.
+    _STEP_KERNELS = {"conv3x3_winograd_normalised": ("winograd",), "conv3x3_winograd_upsampling": ("winograd",),
+                     "depthwise": ("depthwise",), "pointwise": ("pointwise",), "head": ("pointwise",),
+                     "head_normalised": ("pointwise",), "norm_relu": ("group_norm",),
+                     "group_norm_coefficients": ("group_norm_coefficients",), "eca": ("eca",),
+                     "maxpool": ("max_pool",), "upsample_concat": ("bilinear",), "transpose": ("conv_transpose2x2",),
+                     "concat_channels": ("concat",), "alias": (), "defer": ()}
+
+    def kernels(self) -> list[str]:
+        """The kernels that segmenting with this network runs (names of npunet.precompile.EXERCISES): those of
+        its fused forward, the bilinear resize to its input size, the upsample + argmax of its logits back to
+        the slice, and the closing and counts of the label map (npunet.pipeline, npunet.case)."""
+        names = {"bilinear", "upsample_argmax", "label_map"}
+        for step in self.fused:
+            if step.kernel == "conv3x3":
+                names.add("winograd" if step.layer.in_channels >= K.WINOGRAD_MIN_CI else "conv3x3")
+            else:
+                names.update(self._STEP_KERNELS[step.kernel])
+        return sorted(names)
+
     # ------------------------------------------------------------------------------ the architecture --
 
     def forward_plain(self, x: np.ndarray) -> np.ndarray:
@@ -318,15 +338,17 @@ def _stages(plan: list[Layer], part: str) -> list[Stage]:
 
 
 def from_file(path) -> Network:
-    """A Network from an npunet weights file (verified by npunet.weights.read_weights), with this machine's
-    kernel work sizes in place (npunet.tuning: stored, or measured once, about a second, on a first run).
+    """A Network from an npunet weights file (verified by npunet.weights.read_weights), its kernels compiled
+    for this machine (npunet.precompile: on a first run only, in two processes where there are two cores) and
+    its kernel work sizes in place (npunet.tuning: stored, or measured once, about a second, on a first run).
     Its weights_sha256 is the file's SHA-256 (what `sha256sum` prints), recorded in the outputs that name
     the model."""
-    from npunet import tuning
+    from npunet import precompile, tuning
     from npunet.weights import read_weights
     header, tensors = read_weights(path)
-    tuning.tiles()
     net = Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"),
                   weights_sha256=header["file_sha256"])
+    precompile.ensure(net.kernels())
+    tuning.tiles()
     net.weights_path = str(Path(path).absolute())       # recorded in a run's report (npunet.io.report)
     return net

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import permutations, product
 
-import nibabel as nib
 import numpy as np
 
 from npunet.schema import Bool, Int, Num, Obj, Opt, Str, validate
@@ -51,6 +50,13 @@ PREPROCESSING_SCHEMA = Obj({
 })
 
 
+def _orientations():
+    """nibabel.orientations, imported on first use: loading a network (which checks its preprocessing here)
+    needs no nibabel."""
+    from nibabel import orientations
+    return orientations
+
+
 def check_preprocessing(params, what: str, error: type[Exception], in_channels: int | None = None,
                         downsampling: int | None = None) -> dict:
     """The pipeline parameters checked (PREPROCESSING_SCHEMA: types, ranges, known keys; then an HU window of
@@ -81,17 +87,23 @@ class CanonicalView:
 
     def back(self, canonical_array: np.ndarray) -> np.ndarray:
         """An array on the canonical grid, returned in the input's own array order (a view)."""
-        inverse = nib.orientations.ornt_transform(self.canonical_ornt, self.input_ornt)
-        return nib.orientations.apply_orientation(canonical_array, inverse)
+        inverse = _orientations().ornt_transform(self.canonical_ornt, self.input_ornt)
+        return _orientations().apply_orientation(canonical_array, inverse)
+
+    def of(self, input_array: np.ndarray) -> np.ndarray:
+        """An array on the input's grid (in its array order), seen on the canonical grid: a view, writes go
+        to input_array (self.back(self.of(a)) is a)."""
+        forward = _orientations().ornt_transform(self.input_ornt, self.canonical_ornt)
+        return _orientations().apply_orientation(input_array, forward)
 
 
 def canonical(volume: np.ndarray, affine: np.ndarray, orientation: str = "RAS") -> CanonicalView:
     """Reorient `volume` (X, Y, Z) with `affine` so its axes are `orientation` (a view, no copy)."""
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
-    start = nib.orientations.io_orientation(affine)
-    target = nib.orientations.axcodes2ornt(tuple(orientation))
-    data = nib.orientations.apply_orientation(volume, nib.orientations.ornt_transform(start, target))
+    start = _orientations().io_orientation(affine)
+    target = _orientations().axcodes2ornt(tuple(orientation))
+    data = _orientations().apply_orientation(volume, _orientations().ornt_transform(start, target))
     return CanonicalView(data, start, target)
 
 
@@ -103,8 +115,8 @@ def voxel_sizes(affine: np.ndarray) -> np.ndarray:
 
 def canonical_voxel_sizes(affine: np.ndarray, orientation: str = "RAS") -> np.ndarray:
     """(3,) the voxel sizes along the axes of canonical(volume, affine, orientation).data."""
-    view = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
-                                           nib.orientations.axcodes2ornt(tuple(orientation)))
+    view = _orientations().ornt_transform(_orientations().io_orientation(affine),
+                                           _orientations().axcodes2ornt(tuple(orientation)))
     out = np.empty(3)
     out[view[:, 0].astype(int)] = voxel_sizes(affine)
     return out
@@ -112,7 +124,7 @@ def canonical_voxel_sizes(affine: np.ndarray, orientation: str = "RAS") -> np.nd
 
 def axial_axis(affine: np.ndarray) -> int:
     """Index of the input array axis that runs along the body's superior-inferior direction."""
-    codes = nib.orientations.aff2axcodes(affine)
+    codes = _orientations().aff2axcodes(affine)
     for i, c in enumerate(codes):
         if c in ("S", "I"):
             return i

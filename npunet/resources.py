@@ -126,3 +126,25 @@ def peak_memory() -> int | None:
     except (ImportError, OSError, ValueError):
         return None
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024     # bytes on macOS, KiB on Linux
+
+
+# glibc's malloc: mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(environ=os.environ) -> bool:
+    """Undo a small MALLOC_TRIM_THRESHOLD_ in this process's environment, which Dask's nanny sets (65536) in every
+    worker it starts so that freed memory goes back to the system at once. Setting it also switches off glibc's
+    adaptive mmap threshold, so every array above 128 KiB is mapped fresh and page-faulted again at each batch:
+    a 512x512x100 case then took 14x the page faults and ran 1.2-1.4x slower in a Dask worker than in-process
+    (docs/cohort.md). Restores glibc's steady state for large arrays instead: arrays up to 32 MiB come from
+    the heap and are reused (mmap threshold 32 MiB, trim threshold 64 MiB). Returns whether it changed
+    anything (only on glibc, and only when MALLOC_TRIM_THRESHOLD_ or MALLOC_MMAP_THRESHOLD_ is set)."""
+    if not (environ.get("MALLOC_TRIM_THRESHOLD_") or environ.get("MALLOC_MMAP_THRESHOLD_")):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+    except (OSError, AttributeError):
+        return False

@@ -95,6 +95,8 @@ def tune(repeats: int = 5, store: bool = True) -> dict:
     writable), apply it, and return it with the seconds measured ('times')."""
     global _chosen
     from npunet import kernels as K
+    from npunet.precompile import ensure
+    ensure(["winograd", "pointwise", "depthwise"])              # a first run: compiled in two processes
     rng = np.random.default_rng(0)
     # decoder conv 96 -> 32 at 96x96, and a pointwise 32 -> 64 / depthwise at 96x96, batch 8 (what segment runs)
     x = rng.standard_normal((8, 96, 96, 96), dtype=np.float32)

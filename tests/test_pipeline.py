@@ -165,3 +165,19 @@ def test_tta_runs_the_network_twice_and_keeps_an_equivariant_result(data_dir):
     assert (plain == 2).any() and (plain == 13).any()
     # probabilities instead of logits are upsampled: the argmax can move on a tie-close pixel, nowhere else
     assert (plain != tta).mean() < 1e-3
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LAS", "PSR", "ILA"])
+def test_canonical_view_of_an_output_writes_through(codes):
+    """segment_array writes its batches through view.of(out): the canonical view of a map on the input's grid."""
+    import nibabel as nib
+    from npunet.preprocess import canonical
+    affine = nib.orientations.inv_ornt_aff(nib.orientations.axcodes2ornt(codes), (5, 6, 7))  # axes `codes`
+    volume = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    view = canonical(volume, affine)
+    assert "".join(nib.aff2axcodes(affine)) != "RAS" or codes == "RAS"
+    out = np.zeros(volume.shape, np.float32, order="F")
+    view.of(out)[...] = view.data
+    assert np.array_equal(out, volume)
+    assert np.shares_memory(view.of(out), out)
+    assert np.array_equal(view.back(view.of(out)), out)

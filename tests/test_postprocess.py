@@ -233,3 +233,55 @@ def test_preview_pixels_are_the_blend():
 
 def test_colour_table_is_fixed():
     assert len(COLOURS) == 14 and colour_of(1) == tuple(COLOURS[1]) and colour_of(14) == colour_of(1)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_close_labels_either_memory_order(order):
+    labels = np.array(random_blobs((23, 17, 11), 4, seed=9), order=order)
+    ours = close_labels(labels, 1)
+    assert np.array_equal(ours, close_labels_reference(labels, 1))
+    assert ours.flags.f_contiguous == (order == "F")                     # the copy keeps the memory order
+
+
+def test_close_labels_on_a_real_label_map(data_dir):
+    """A label map of the real network on a real CT, with holes punched in, against the scipy reference."""
+    import npunet
+    from npunet.io.ct import load_ct
+    from npunet.pipeline import segment_array
+    ct = load_ct(data_dir / "imagesTr" / "ts_chest_0000.nii.gz")
+    labels = segment_array(ct.volume, ct.affine, npunet.load(), postprocess=False)
+    labels[np.random.default_rng(0).random(labels.shape) < 0.05] = 0
+    ours = close_labels(labels, 1)
+    assert np.count_nonzero(ours != labels) > 1000
+    assert np.array_equal(ours, close_labels_reference(labels, 1))
+
+
+def test_label_boxes_match_find_objects():
+    from npunet.kernels.morphology import label_boxes
+    labels = np.asfortranarray(random_blobs((19, 14, 9), 5, seed=3))
+    boxes = label_boxes(labels)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            assert boxes[k, 0] == labels.shape[0] and boxes[k, 1] == 0
+        else:
+            assert tuple(boxes[k]) == tuple(v for s in box for v in (s.start, s.stop))
+
+
+@pytest.mark.parametrize("order", ["C", "F", "strided"])
+def test_label_counts_equal_bincount(order):
+    from npunet.io.statistics import label_counts
+    labels = random_blobs((21, 13, 8), 6, seed=4)
+    labels = {"C": labels, "F": np.asfortranarray(labels), "strided": labels[::2, :, 1:]}[order]
+    expected = np.bincount(labels.ravel(), minlength=256)
+    assert np.array_equal(label_counts(labels), expected)
+    assert np.array_equal(label_counts(labels, 14), expected[:14])
+    assert np.array_equal(label_counts(labels.astype(np.int16), 14), expected[:14])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_close_labels_in_place_fills_the_same_voxels(seed):
+    labels = np.asfortranarray(random_blobs((19, 23, 12), 5, seed=seed))
+    expected = close_labels(labels, 1)
+    mine = labels.copy(order="F")
+    assert close_labels(mine, 1, in_place=True) is mine
+    assert np.array_equal(mine, expected)

@@ -19,17 +19,22 @@ to npunet. An engine that is not installed is skipped with a note.
 First-call (Numba compilation or cache load) time is reported separately from the steady state.
 
     python -m tools.bench --case 100 300        # whole `npunet segment` file-to-file, 512x512xN CT
-    python -m tools.bench --startup             # first call (fresh Numba cache) vs warm start
+    python -m tools.bench --startup             # first run (empty kernel cache) vs warm start
 
 --case builds a 512x512xN CT by tiling ts_chest_0000.nii.gz (512x512x20) along z (imagesTr/ of
 $NPUNET_DATA, default ../shared/data), writes it to a temporary NIfTI, then runs `npunet segment` on it
-in a fresh subprocess (tools/bench_children/npunet_case.py: the read, segment and write seconds and the
-pipeline's stages that npunet.api.segment reports), next to the same case through the torch forward
-(tools/bench_children/torch_case.py, tools/torch_pipeline.py). Peak RSS is the child's
-own getrusage(RUSAGE_SELF).ru_maxrss at exit
-(what getrusage(RUSAGE_CHILDREN) reports, for that one child). --startup times, in fresh
-subprocesses, the first network call with an empty NUMBA_CACHE_DIR (compilation) and again with that cache
-present (warm start: import, weights loaded, kernels loaded from the cache, one forward of one slice).
+in a fresh subprocess (tools/bench_children/npunet_case.py, which calls npunet.api.segment as the command
+does and prints the case's own timings, npunet.case.CaseResult: read, segment, write and the pipeline's
+stages), next to the same case through the torch forward (tools/bench_children/torch_case.py,
+tools/torch_pipeline.py). For each npunet case it prints what the user waits for, stage by stage: the wall
+time of the process, the network forward, the start-up (the wall time minus the stages: Python, imports,
+weights, the kernel cache), the read, the upsample + argmax, the post-processing, preprocess + write, the
+rest of segment, each with its share of the wall time, and the peak RSS (the child's own
+getrusage(RUSAGE_SELF).ru_maxrss at exit). --runs N times N runs per size and shows the one of median wall
+time. --startup times, in fresh subprocesses, the README's first command (`npunet segment` of ts_chest_0000)
+with an empty NUMBA_CACHE_DIR (compilation), the bare start-up (import, weights loaded and verified, one
+forward of one slice) with an empty cache (cold) and with that cache present (warm). The header names the
+CPU; --json keeps every figure.
 """
 
 from __future__ import annotations
@@ -205,15 +210,20 @@ def make_case(nz: int, folder: Path) -> Path:
     return path
 
 
-def bench_case(sizes: list[int], threads: int, torch_too: bool = True) -> list[dict]:
+def bench_case(sizes: list[int], threads: int, torch_too: bool = True, runs: int = 1) -> list[dict]:
+    """Per size: one run to warm the kernel cache, then `runs` timed runs of npunet (the one of median wall
+    time is the row; every wall time is kept in "walls_s"), then the torch forward once."""
     rows = []
     folder = Path(tempfile.mkdtemp(prefix="npunet_case_"))
     for nz in sizes:
         path = make_case(nz, folder)
         out = folder / f"labels_{nz}.nii.gz"
         run_child("npunet_case", [str(path), str(out), "--threads", str(threads)])   # warms the Numba cache
-        rec = run_child("npunet_case", [str(path), str(out), "--threads", str(threads)])
-        rows.append({"engine": "npunet", "nz": nz, **rec})
+        recs = sorted((run_child("npunet_case", [str(path), str(out), "--threads", str(threads)])
+                       for _ in range(runs)), key=lambda r: r["wall_s"])
+        rec = recs[len(recs) // 2]
+        rows.append({"engine": "npunet", "nz": nz, **rec, "stages": stage_table(rec),
+                     "walls_s": [r["wall_s"] for r in recs]})
         if torch_too:
             try:
                 rec = run_child("torch_case", [str(path), str(folder / f"torch_{nz}.nii.gz"), str(threads)])
@@ -223,33 +233,93 @@ def bench_case(sizes: list[int], threads: int, torch_too: bool = True) -> list[d
     return rows
 
 
-def print_case(rows: list[dict]) -> None:
-    print(f"{'engine':<14} {'slices':>6} {'wall s':>7} {'read':>6} {'prep':>6} {'network':>8} {'up+argmax':>9} "
-          f"{'post':>6} {'write':>6} {'peak RSS MiB':>13}")
+STAGES = (("network", "network forward"),
+          ("start-up", "start-up (python, import, weights, kernel cache load; wall minus the stages)"),
+          ("read", "read (gzip, checks)"),
+          ("upsample_argmax", "upsample + argmax"),
+          ("postprocess", "post-processing (closing)"),
+          ("preprocess_write", "preprocess + write"),
+          ("rest", "rest of segment (labels back to the input's order, checks, counts)"))
+
+
+def stage_table(rec: dict) -> dict:
+    """A whole-case record of tools/bench_children/npunet_case.py (the case's own timings, npunet.case.CaseResult:
+    read, segment, write and the pipeline's stages, plus the process wall) -> seconds per stage of STAGES,
+    "wall", and "outside_network_share" (the part of the wall time not in the network forward). Start-up is
+    the wall time left after the stages; the read counts whole even where it overlapped the start-up (the
+    CT is read in a background thread while the weights load), so start-up is, if anything, understated."""
+    t = rec.get("timings", {})
+    pipeline = sum(t.get(k, 0.0) for k in ("preprocess", "network", "upsample_argmax", "postprocess"))
+    stages = {"network": t.get("network", 0.0), "read": rec["read"],
+              "upsample_argmax": t.get("upsample_argmax", 0.0), "postprocess": t.get("postprocess", 0.0),
+              "preprocess_write": t.get("preprocess", 0.0) + rec["write"],
+              "rest": max(0.0, rec["segment"] - pipeline)}
+    stages["start-up"] = rec["wall_s"] - sum(stages.values())
+    return {"wall": rec["wall_s"], **stages,
+            "outside_network_share": 1.0 - stages["network"] / rec["wall_s"]}
+
+
+def print_case(rows: list[dict], cpu: str = "") -> None:
+    """One stage table per npunet case (seconds and share of the wall time), then the torch-forward rows."""
     for r in rows:
+        if r["engine"] != "npunet" or "error" in r:
+            continue
+        table = stage_table(r)
+        shape = r.get("shape") or f"512x512x{r['nz']}"
+        print(f"npunet, {shape}, fresh process, warm kernel cache"
+              + (f", {cpu}" if cpu else ""))
+        print(f"  {'stage':<80} {'s':>6} {'share':>6}")
+        print(f"  {'wall':<80} {table['wall']:>6.2f} {100:>5.0f}%")
+        for key, label in STAGES:
+            print(f"  {label:<80} {table[key]:>6.2f} {100 * table[key] / table['wall']:>5.0f}%")
+        print(f"  outside the network forward: {100 * table['outside_network_share']:.0f} % of the wall time; "
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB")
+        if len(r.get("walls_s", [])) > 1:
+            print(f"  (the run of median wall time of {len(r['walls_s'])}: "
+                  f"{', '.join(f'{w:.2f}' for w in r['walls_s'])} s)")
+    others = [r for r in rows if r["engine"] != "npunet" or "error" in r]
+    if others:
+        print(f"{'engine':<14} {'slices':>6} {'wall s':>7} {'read':>6} {'segment':>8} {'write':>6} {'peak RSS MiB':>13}")
+    for r in others:
         if "error" in r:
             print(f"{r['engine']:<14} {r['nz']:>6}  failed: {r['error']}")
             continue
-        t = r.get("timings", {})
-        net = t.get("network", r.get("segment", float("nan")))
-        print(f"{r['engine']:<14} {r['nz']:>6} {r['wall_s']:>7.2f} {r['read']:>6.2f} {t.get('preprocess', float('nan')):>6.2f} "
-              f"{net:>8.2f} {t.get('upsample_argmax', float('nan')):>9.2f} {t.get('postprocess', float('nan')):>6.2f} "
+        print(f"{r['engine']:<14} {r['nz']:>6} {r['wall_s']:>7.2f} {r['read']:>6.2f} {r['segment']:>8.2f} "
               f"{r['write']:>6.2f} {r['peak_rss_mib']:>13.0f}")
-    print("  (torch forward: 'network' is its whole segment_array_torch, post-processing included)")
+    if others:
+        print("  (torch forward: 'segment' is its whole segment_array_torch, post-processing included)")
 
 
-def bench_startup() -> list[dict]:
-    cache = Path(tempfile.mkdtemp(prefix="npunet_numba_cache_"))
-    env = {"NUMBA_CACHE_DIR": str(cache)}
-    rows = [{"run": "first call (empty cache, compiles)", **run_child("startup", [], env)}]
+def bench_startup(threads: int, runs: int = 1) -> list[dict]:
+    """In fresh processes: the README's first command (`npunet segment` of ts_chest_0000, 512x512x20) with an
+    empty kernel cache, the bare start-up (import, load, first forward of one slice) with an empty cache
+    (cold) and then three times with that cache (warm); `runs` times each cold one, each on a new cache."""
+    rows = []
+    ct = data_dir() / "imagesTr" / "ts_chest_0000.nii.gz"
+    out = Path(tempfile.mkdtemp(prefix="npunet_first_")) / "labels.nii.gz"
+    for i in range(runs):
+        if ct.is_file():
+            env = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="npunet_numba_cache_")}
+            rec = run_child("npunet_case", [str(ct), str(out), "--threads", str(threads)], env)
+            rows.append({"run": f"first run of npunet segment ts_chest ({i + 1})", "kind": "first_run", **rec,
+                         "import_load_s": None, "first_forward_s": None, "total_s": rec["in_process_s"]})
+        env = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="npunet_numba_cache_")}
+        rows.append({"run": f"cold start, empty kernel cache ({i + 1})", "kind": "cold",
+                     **run_child("startup", ["--threads", str(threads)], env)})
     for i in range(3):
-        rows.append({"run": f"warm start {i + 1} (cache present)", **run_child("startup", [], env)})
+        rows.append({"run": f"warm start {i + 1} (cache present)", "kind": "warm",
+                     **run_child("startup", ["--threads", str(threads)], env)})
     # "start s" is the start-up itself: import, weights, kernels, first forward; the process wall adds the
     # interpreter's own start and exit (at exit, the final garbage collection of Numba's objects).
-    print(f"{'run':<36} {'import+load s':>13} {'first forward s':>16} {'start s':>8} {'process wall s':>15}")
+    print(f"{'run':<44} {'import+load s':>13} {'first forward s':>16} {'start s':>8} {'process wall s':>15}")
+
+    def cell(value, width):
+        return f"{value:>{width}.2f}" if value is not None else f"{'':>{width}}"
     for r in rows:
-        print(f"{r['run']:<36} {r['import_load_s']:>13.2f} {r['first_forward_s']:>16.2f} {r['total_s']:>8.2f} "
-              f"{r['wall_s']:>15.2f}")
+        print(f"{r['run']:<44} {cell(r['import_load_s'], 13)} {cell(r['first_forward_s'], 16)} "
+              f"{cell(r['total_s'], 8)} {r['wall_s']:>15.2f}")
+    if not ct.is_file():
+        print(f"  (no first run of the README's CT: {ct} not found; set NPUNET_DATA)")
     return rows
 
 
@@ -270,7 +340,9 @@ def main(argv=None) -> int:
     p.add_argument("--case", type=int, nargs="+", metavar="N",
                    help="time whole `npunet segment` runs of 512x512xN CTs instead of the forward")
     p.add_argument("--no-torch", action="store_true", help="with --case: skip the torch-forward pipeline")
-    p.add_argument("--startup", action="store_true", help="time first call (compile) vs warm start instead")
+    p.add_argument("--startup", action="store_true", help="time the first run (compile) and the warm start instead")
+    p.add_argument("--runs", type=int, default=1, help="with --case: timed runs per size (the median one is "
+                   "shown); with --startup: first runs and cold starts, each on an empty kernel cache")
     args = p.parse_args(argv)
     import numba
     header = machine_header(args.threads)
@@ -281,10 +353,10 @@ def main(argv=None) -> int:
             for threads in args.threads:
                 print(f"threads {threads}; whole case file to file, fresh process each (second run: warm cache)")
                 results.setdefault("case", []).extend(
-                    {"threads": threads, **r} for r in bench_case(args.case, threads, not args.no_torch))
-                print_case([r for r in results["case"] if r["threads"] == threads])
+                    {"threads": threads, **r} for r in bench_case(args.case, threads, not args.no_torch, args.runs))
+                print_case([r for r in results["case"] if r["threads"] == threads], header["cpu"])
         if args.startup:
-            results["startup"] = bench_startup()
+            results["startup"] = bench_startup(args.threads[0], args.runs)
     else:
         weights = Path(args.weights) if args.weights else random_weights()
         results["forward"] = []

@@ -128,6 +128,7 @@ def bench_overhead(inputs: Path, work: Path, cores: int, rounds: int) -> dict:
                           "overhead_percent_of_case": 100 * per_case / case_median,
                           "fixed_per_run_s": statistics.median(r["fixed_s"] for r in rs)}
     summary["cluster_start_and_first_case_s"] = start_up
+    summary["worker_over_in_process"] = summary["cluster"]["median_case_s"] / summary["in-process"]["median_case_s"]
     return summary
 
 
@@ -173,6 +174,7 @@ def main(argv=None) -> int:
                       f"{o[where]['overhead_per_case_s'] * 1000:.0f} ms per case "
                       f"({o[where]['overhead_percent_of_case']:.1f} % of a case) and "
                       f"{o[where]['fixed_per_run_s']:.2f} s per run")
+            print(f"a case on the worker takes {o['worker_over_in_process']:.3f}x its in-process time (medians)")
             print(f"cluster start-up and its first case (warm Numba cache): "
                   f"{o['cluster_start_and_first_case_s']:.1f} s")
     results["load_after"] = os.getloadavg()

@@ -32,7 +32,12 @@ def voxel_volume_mm3(affine: np.ndarray) -> float:
 
 
 def label_counts(labels: np.ndarray, n: int = 256) -> np.ndarray:
-    """Voxel count of each label value 0..n-1 of an integer label map, without a full-size int64 copy."""
+    """Voxel count of each label value 0..n-1 of an integer label map, without a full-size int64 copy (a uint8
+    map in one Numba pass, npunet.kernels.morphology.label_counts; other integer types by np.bincount in
+    slabs)."""
+    if labels.dtype == np.uint8 and n <= 256:
+        from npunet.kernels.morphology import label_counts as uint8_counts
+        return uint8_counts(labels)[:n].copy()
     counts = np.zeros(n, np.int64)
     for a, b in _slabs(labels.shape[0], labels[:1].size):
         counts += np.bincount(labels[a:b].ravel(), minlength=n)[:n]

@@ -141,9 +141,18 @@ def kernel(fn):
     return _njit(fn, parallel=True, **_OPTIONS)
 
 
-def helper(fn):
-    """njit (serial) with the project's settings, for functions called inside a kernel."""
+def serial_kernel(fn):
+    """njit (serial, cached) with the project's settings: an entry point called from Python whose work is too
+    small to share between threads."""
     return _njit(fn, **_OPTIONS)
+
+
+def helper(fn):
+    """njit (serial) with the project's settings, for functions called inside a kernel. Not cached on its own:
+    a cached kernel holds the machine code of the helpers it calls, so a helper is only compiled when a kernel
+    is, and two processes compiling different kernels at once (npunet.precompile) never write the same
+    helper's cache index (Numba's index of one function is not safe against two writers)."""
+    return _njit(fn, **dict(_OPTIONS, cache=False))
 
 
 def contracting_kernel(fn):
@@ -153,7 +162,7 @@ def contracting_kernel(fn):
 
 def contracting_helper(fn):
     """helper, with a*b + c fused into FMAs."""
-    return _njit(fn, **_CONTRACT)
+    return _njit(fn, **dict(_CONTRACT, cache=False))
 
 
 # ---- shared Python-side checks (run before entering a kernel) ----

@@ -36,9 +36,12 @@ def store_band(acc, out, n, c, y0, rows):
 
 
 @contracting_helper
-def pointwise_tile(x, n, p0, L, w, r0, nr, acc):
-    """acc[r, :L] += sum_ci w[r0+r, ci] * x[n, ci, p0:p0+L] for r < nr. x: (N, Ci, P), w: (R, Ci).
-    Input channels go eight at a time, in order; four output rows per pass share the eight loads."""
+def pointwise_tile(x, n, p0, L, w, w0, r0, nr, acc):
+    """acc[r, :L] += sum_ci w[r0+r, w0+ci] * x[n, ci, p0:p0+L] for r < nr. x: (N, Ci, P), w: (R, >= w0+Ci).
+    Input channels go eight at a time, in order; four output rows per pass share the eight loads.
+    Every caller passes the same argument types (C-contiguous arrays, int64 counts, never a literal such as
+    a plain 0, which Numba would type Literal[int](0)), so that Numba compiles this function once, not once
+    per caller (each compilation took about a second of a first run)."""
     Ci = x.shape[1]
     ci = 0
     while ci + 8 <= Ci:
@@ -46,13 +49,13 @@ def pointwise_tile(x, n, p0, L, w, r0, nr, acc):
         x4, x5, x6, x7 = x[n, ci + 4, p0:], x[n, ci + 5, p0:], x[n, ci + 6, p0:], x[n, ci + 7, p0:]
         r = 0
         while r + 4 <= nr:
-            k = w[r0 + r, ci:]
+            k = w[r0 + r, w0 + ci:]
             a0, a1, a2, a3, a4, a5, a6, a7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            k = w[r0 + r + 1, ci:]
+            k = w[r0 + r + 1, w0 + ci:]
             b0, b1, b2, b3, b4, b5, b6, b7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            k = w[r0 + r + 2, ci:]
+            k = w[r0 + r + 2, w0 + ci:]
             c0, c1, c2, c3, c4, c5, c6, c7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            k = w[r0 + r + 3, ci:]
+            k = w[r0 + r + 3, w0 + ci:]
             d0, d1, d2, d3, d4, d5, d6, d7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
             oa, ob, oc, od = acc[r], acc[r + 1], acc[r + 2], acc[r + 3]
             for p in range(L):
@@ -63,7 +66,7 @@ def pointwise_tile(x, n, p0, L, w, r0, nr, acc):
                 od[p] += d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4 + d5 * v5 + d6 * v6 + d7 * v7
             r += 4
         while r < nr:                                          # the last nr % 4 rows, one at a time
-            k = w[r0 + r, ci:]
+            k = w[r0 + r, w0 + ci:]
             a0, a1, a2, a3, a4, a5, a6, a7 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]
             oa = acc[r]
             for p in range(L):
@@ -74,7 +77,7 @@ def pointwise_tile(x, n, p0, L, w, r0, nr, acc):
     while ci < Ci:                                             # the last Ci % 8 input channels
         x0 = x[n, ci, p0:]
         for r in range(nr):
-            a0 = w[r0 + r, ci]
+            a0 = w[r0 + r, w0 + ci]
             oa = acc[r]
             for p in range(L):
                 oa[p] += a0 * x0[p]

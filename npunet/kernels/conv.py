@@ -197,9 +197,10 @@ def _pointwise_kernel(x, norm, w, bias, has_bias, out, tile, co_block):
             for ci in range(Ci):
                 k = norm[n, ci]
                 normalize_row(x[n, ci, p0:p0 + L], xn[0, ci, :L], k[0], k[1], k[2], k[3], True)
-            pointwise_tile(xn, 0, 0, L, w, co0, nco, acc)
+            zero = np.int64(0)               # not a literal 0: see pointwise_tile
+            pointwise_tile(xn, zero, zero, L, w, zero, co0, nco, acc)
         else:
-            pointwise_tile(x, n, p0, L, w, co0, nco, acc)
+            pointwise_tile(x, n, p0, L, w, np.int64(0), co0, nco, acc)
         for c in range(nco):
             b = bias[co0 + c] if has_bias else np.float32(0.0)
             dst = out[n, co0 + c]
@@ -223,7 +224,7 @@ def _conv_transpose2x2_kernel(x, w4, bias, out, band_rows, co_block):
         rows = min(band_rows, H - y0)
         nco = min(co_block, Co - co0)
         acc = np.zeros((4 * co_block, band_rows * W), np.float32)
-        pointwise_tile(x, n, y0 * W, rows * W, w4, 4 * co0, 4 * nco, acc)
+        pointwise_tile(x, n, y0 * W, rows * W, w4, np.int64(0), 4 * co0, 4 * nco, acc)
         for c in range(nco):
             b = bias[co0 + c]
             for t in range(4):

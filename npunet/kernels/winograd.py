@@ -257,7 +257,7 @@ def _winograd_kernel(x, norm, up, u, out, band_tiles, co_block):
             for k in range(group):
                 _input_tiles(x, norm, up, n, c0 + k, 4 * ty0 - 1, tile_rows, TW, v, k, xb, rows, h, ph)
             for e in range(36):
-                pointwise_tile(v, e, 0, tile_rows * TW, u[e, :, c0:], co0, n_co, m[e])
+                pointwise_tile(v, e, np.int64(0), tile_rows * TW, u[e], c0, co0, n_co, m[e])
         _output_tiles(m, tile_rows, TW, out, n, 4 * ty0, co0, pq, ph)
 
 

@@ -1,0 +1,162 @@
+"""The label map's kernels: bounding boxes of every label, one label's closing by a cube, and the voxel count of
+each label value.
+
+label_boxes(labels)                          labels (X, Y, Z) uint8 -> (256, 6) int64 [x0, x1, y0, y1, z0, z1)
+                                             per label value (x0 == X when the label is absent)
+                                             mirrors scipy.ndimage.find_objects
+close_label_box(labels, out, k, box, r)      out[v] = k where v is background in both labels and out and the
+                                             closing of (labels == k) by a (2r+1)^3 cube is set, computed on
+                                             the box padded by r with zeros (npunet.postprocess.close_labels)
+
+label_counts(labels)                         labels uint8 (any shape, contiguous) -> (256,) int64 voxels per
+                                             value; mirrors np.bincount(labels.ravel(), minlength=256)
+
+The closing is a dilation then an erosion, each separable into three 1D max (min) passes of 2r+1 taps along
+x, y and z, with 0 outside the padded box: the same values as scipy.ndimage.maximum_filter / minimum_filter
+(size 2r+1, mode "constant", cval 0) on the padded box, which npunet.postprocess's reference uses. All of it is
+0/1 arithmetic, exact; tests/test_postprocess.py compares the two on random label maps and a real one.
+Serial (a case has a few organs, each box a few million voxels: 0.05 s for a 512x512x100 map against 0.2 s
+for scipy), one pass over the map for the boxes.
+"""
+
+import numpy as np
+
+from npunet.kernels._numba import helper, serial_kernel
+
+
+@serial_kernel
+def _label_boxes_kernel(labels, boxes):
+    X, Y, Z = labels.shape
+    for k in range(boxes.shape[0]):
+        boxes[k, 0], boxes[k, 2], boxes[k, 4] = X, Y, Z
+        boxes[k, 1], boxes[k, 3], boxes[k, 5] = 0, 0, 0
+    for z in range(Z):
+        for y in range(Y):
+            for x in range(X):
+                k = labels[x, y, z]
+                if k:
+                    if x < boxes[k, 0]:
+                        boxes[k, 0] = x
+                    if x + 1 > boxes[k, 1]:
+                        boxes[k, 1] = x + 1
+                    if y < boxes[k, 2]:
+                        boxes[k, 2] = y
+                    if y + 1 > boxes[k, 3]:
+                        boxes[k, 3] = y + 1
+                    if z < boxes[k, 4]:
+                        boxes[k, 4] = z
+                    boxes[k, 5] = z + 1
+
+
+def label_boxes(labels):
+    """labels: (X, Y, Z) uint8 -> (256, 6) int64: per label value k, the box [x0, x1) x [y0, y1) x [z0, z1)
+    holding every voxel of k (x0 == X, x1 == 0 when k is absent; row 0, the background, is left empty).
+    Fastest on a Fortran-ordered map (x fastest), as npunet.pipeline makes it."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or labels.dtype != np.uint8:
+        raise ValueError(f"label_boxes: labels must be a 3D uint8 array, got {labels.dtype} {labels.shape}")
+    boxes = np.empty((256, 6), np.int64)
+    _label_boxes_kernel(np.asfortranarray(labels), boxes)
+    return boxes
+
+
+@helper
+def _line_pass(src, dst, axis, r, dilate):
+    """dst = the max (dilate) or min of src over 2r+1 neighbours along `axis` (0: x, 1: y, 2: z of the (z, y, x)
+    arrays), 0 outside. Every inner loop runs along x, contiguous."""
+    nz, ny, nx = src.shape
+    for z in range(nz):
+        for y in range(ny):
+            o = dst[z, y]
+            row = src[z, y]
+            for x in range(nx):
+                o[x] = row[x]
+            for d in range(-r, r + 1):
+                if d == 0:
+                    continue
+                if axis == 0:                        # neighbour x + d of the same row
+                    lo, hi = max(0, -d), min(nx, nx - d)
+                    if dilate:
+                        for x in range(lo, hi):
+                            o[x] = max(o[x], row[x + d])
+                    else:
+                        for x in range(lo, hi):
+                            o[x] = min(o[x], row[x + d])
+                        for x in range(0, min(lo, nx)):   # the neighbour is outside: 0
+                            o[x] = 0
+                        for x in range(max(hi, 0), nx):
+                            o[x] = 0
+                    continue
+                yy, zz = (y + d, z) if axis == 1 else (y, z + d)
+                if 0 <= yy < ny and 0 <= zz < nz:
+                    other = src[zz, yy]
+                    if dilate:
+                        for x in range(nx):
+                            o[x] = max(o[x], other[x])
+                    else:
+                        for x in range(nx):
+                            o[x] = min(o[x], other[x])
+                elif not dilate:
+                    for x in range(nx):
+                        o[x] = 0
+
+
+@serial_kernel
+def _close_label_kernel(labels, out, k, x0, x1, y0, y1, z0, z1, r):
+    # a: the padded box as (z, y, x), x fastest; 1 where labels == k
+    nx, ny, nz = x1 - x0 + 2 * r, y1 - y0 + 2 * r, z1 - z0 + 2 * r
+    a = np.zeros((nz, ny, nx), np.uint8)
+    b = np.empty((nz, ny, nx), np.uint8)
+    for z in range(z0, z1):
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if labels[x, y, z] == k:
+                    a[z - z0 + r, y - y0 + r, x - x0 + r] = 1
+    for step in range(6):              # dilation along x, y, z, then erosion: a -> b -> a ..., ending in a
+        if step % 2 == 0:
+            _line_pass(a, b, step % 3, r, step < 3)
+        else:
+            _line_pass(b, a, step % 3, r, step < 3)
+    for z in range(z0, z1):
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if a[z - z0 + r, y - y0 + r, x - x0 + r] and labels[x, y, z] == 0 and out[x, y, z] == 0:
+                    out[x, y, z] = k
+
+
+def close_label_box(labels, out, k, box, radius):
+    """Fill out[v] = k where labels[v] == 0 and out[v] == 0 and the closing of (labels == k) by a cube of side
+    2*radius + 1, computed on `box` ([x0, x1, y0, y1, z0, z1), label_boxes' row k) padded by radius with
+    zeros, is set. labels, out: (X, Y, Z) uint8 of the same shape (out is written in place)."""
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8 or labels.ndim != 3 or not isinstance(out, np.ndarray) \
+            or out.shape != labels.shape or out.dtype != np.uint8:
+        raise ValueError(f"close_label_box: labels and out must be 3D uint8 arrays of one shape, got "
+                         f"{labels.dtype} {labels.shape} and {getattr(out, 'dtype', None)} {getattr(out, 'shape', None)}")
+    x0, x1, y0, y1, z0, z1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= labels.shape[0] and 0 <= y0 < y1 <= labels.shape[1] and 0 <= z0 < z1 <= labels.shape[2]):
+        raise ValueError(f"close_label_box: box {tuple(box)} is empty or outside labels {labels.shape}")
+    _close_label_kernel(labels, out, np.uint8(k), x0, x1, y0, y1, z0, z1, int(radius))
+    return out
+
+
+@serial_kernel
+def _label_counts_kernel(flat, counts):
+    for k in range(counts.shape[0]):
+        counts[k] = 0
+    for i in range(flat.shape[0]):
+        counts[flat[i]] += 1
+
+
+def label_counts(labels):
+    """labels: uint8 array of any shape -> (256,) int64, the number of voxels of each value (as
+    np.bincount(labels.ravel(), minlength=256), without its intp copy of the map: one pass, 20 ms for a
+    512x512x100 map against 0.13 s)."""
+    labels = np.asarray(labels)
+    if labels.dtype != np.uint8:
+        raise ValueError(f"label_counts: labels must be uint8, got {labels.dtype}")
+    flat = labels.ravel(order="K") if labels.flags.c_contiguous or labels.flags.f_contiguous \
+        else np.ascontiguousarray(labels).ravel()
+    counts = np.empty(256, np.int64)
+    _label_counts_kernel(flat, counts)
+    return counts
