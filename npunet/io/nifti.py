@@ -188,14 +188,18 @@ def _gunzip(data: bytes, limit: int, name, whole: bool = False, inflate=None) ->
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _gzip_problem(exc: zlib.error) -> str:
-    """zlib's error, said for a user: a CRC or length that does not match, or truncated or corrupt data."""
+def _gzip_problem(exc: Exception) -> str:
+    """zlib's (or ISA-L's) error, said for a user: a CRC or length that does not match, or truncated or corrupt
+    data."""
     text = one_line(exc)
     if "incorrect data check" in text:
         return ("corrupt gzip data: the CRC-32 in its trailer does not match the decompressed data (a damaged "
                 "file)")
     if "incorrect length check" in text:
         return "corrupt gzip data: the length in its trailer does not match the decompressed data (a damaged file)"
+    if "incorrect checksum" in text.lower():         # ISA-L's words for either (the `fast` extra)
+        return ("corrupt gzip data: the CRC-32 or length in its trailer does not match the decompressed data (a "
+                "damaged file)")
     return f"truncated or corrupt image data ({text})"
 
 
