@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 from pathlib import Path
 
+from npunet.io.digests import file_digest
 from npunet.publish import atomic_write
 
 RECORD_VERSION = 1
@@ -43,16 +43,6 @@ def lock_path(output_dir: str | os.PathLike, case: str) -> Path:
 
 
 # -------------------------------------------------------------------------------- completion records --
-
-def file_digest(path: str | os.PathLike) -> dict:
-    """{"name", "size", "sha256"} of a file."""
-    path = Path(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"name": path.name, "size": path.stat().st_size, "sha256": h.hexdigest()}
-
 
 def input_identity(path: str | os.PathLike) -> dict:
     """What a record remembers of a case's input: its name, and its size when it is a file (a DICOM
