@@ -311,26 +311,21 @@ def _write_files(labels, ct: CT, files: dict, job: Job, model, names: dict, *, o
     if "masks" in files:
         write_organ_masks(labels, ct.image, files["masks"], {k: v for k, v in names.items() if k != 0})
         log.say(f"{prefix}: wrote {len(names) - 1} organ masks ({found} organs found)")
-    elif "seg" in files:
+    elif "seg" in files or "rtstruct" in files:      # a DICOM object over the input series
         from npunet.io.dicom import DICOM_HEADERS
-        from npunet.io.dicom_seg import write_dicom_seg
-        written.append(files["seg"])
-        notes = write_dicom_seg(labels, ct.image.extra[DICOM_HEADERS], files["seg"], names, version=__version__,
-                                overwrite=overwrite, weights_sha256=getattr(model, "weights_sha256", None),
-                                model_name=getattr(model, "spec", {}).get("name"))
+        role = "seg" if "seg" in files else "rtstruct"
+        if role == "seg":
+            from npunet.io.dicom_seg import write_dicom_seg as write_dicom
+        else:
+            from npunet.io.rtstruct import write_rtstruct as write_dicom
+        written.append(files[role])
+        notes = write_dicom(labels, ct.image.extra[DICOM_HEADERS], files[role], names, version=__version__,
+                            overwrite=overwrite, weights_sha256=getattr(model, "weights_sha256", None),
+                            model_name=getattr(model, "spec", {}).get("name"))
         for note in notes:
             warn(note)
-        log.say(f"{prefix}: wrote {files['seg']} ({found} organs found, one segment each)")
-    elif "rtstruct" in files:
-        from npunet.io.dicom import DICOM_HEADERS
-        from npunet.io.rtstruct import write_rtstruct
-        written.append(files["rtstruct"])
-        notes = write_rtstruct(labels, ct.image.extra[DICOM_HEADERS], files["rtstruct"], names, version=__version__,
-                               overwrite=overwrite, weights_sha256=getattr(model, "weights_sha256", None),
-                               model_name=getattr(model, "spec", {}).get("name"))
-        for note in notes:
-            warn(note)
-        log.say(f"{prefix}: wrote {files['rtstruct']} ({found} organs found, one ROI each)")
+        log.say(f"{prefix}: wrote {files[role]} ({found} organs found, one {'segment' if role == 'seg' else 'ROI'} "
+                f"each)")
     else:
         written += [files["labels"], files["names"]]
         write_labels(labels, ct.image, files["labels"], overwrite=overwrite, label_names=names)
