@@ -371,3 +371,35 @@ def test_sigterm_checkpoints_and_exits_143(data_dir, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["complete"] is False and ckpt["train_state"]["step"] >= 1
     assert "--resume" in err and "Traceback" not in err
+
+
+def test_the_stage_clock_accounts_for_each_step(data_dir):
+    """The trainer's stage clock (what tools/train_speed.py prints): every stage of a step takes time and the
+    stages add up to the step."""
+    import time
+
+    from tools.torch_model import load_spec
+    from tools.training.loop import STAGES, Trainer
+    dataset = build_dataset(data_dir, ["ts_chest"], verbose=False)
+    trainer = Trainer(dataset, load_spec("dsconv_eca_unet"), epochs=1, steps_per_epoch=2, batch_size=2)
+    t0 = time.perf_counter()
+    trainer.train_step()
+    wall = time.perf_counter() - t0
+    stages = trainer.stage_seconds
+    print(f"\n  step {wall * 1000:.0f} ms; " + ", ".join(f"{s} {stages[s] * 1000:.1f}" for s in STAGES))
+    assert set(stages) == set(STAGES) and all(stages[s] > 0 for s in STAGES)
+    assert 0.9 * wall <= sum(stages.values()) <= wall
+    assert stages["backward"] > stages["optimiser"] and stages["forward"] > stages["sample"]
+
+
+def test_train_speed_prints_both_precisions(data_dir, capsys):
+    from tools import train_speed
+    assert train_speed.main(["--steps", "1", "--warmup", "0", "--data", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "CPU " in out and "1 thread(s)" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert set(rows) == {"fp32", "bf16"}
+    for values in rows.values():
+        seconds, per_second, *stages = map(float, values[:8])
+        assert seconds > 0 and abs(per_second - 1 / seconds) < 0.01 * per_second + 0.01 and len(stages) == 6

@@ -20,6 +20,20 @@ from tools.training.loss import marginal_dice_ce_loss
 from tools.training.sampling import SAMPLERS, OrganSampler, UniformSampler
 
 PRECISIONS = ("fp32", "bf16")
+STAGES = ("sample", "augment", "forward", "loss", "backward", "optimiser")
+
+
+class _StageClock:
+    """Adds the seconds since the last lap to totals[stage] (on a GPU these are launch times unless the caller
+    synchronises: the CPU is what tools/train_speed.py measures)."""
+
+    def __init__(self, totals: dict, start: float):
+        self.totals, self.last = totals, start
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.totals[stage] += now - self.last
+        self.last = now
 
 
 def seed_everything(seed: int) -> None:
@@ -80,13 +94,16 @@ class Trainer:
         self.history: list[dict] = []
         self.sums = torch.zeros(3, dtype=torch.float64)      # loss, dice, ce over the current epoch's steps
         self.epoch_seconds = 0.0
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)      # summed over steps; tools/train_speed.py reads it
 
     def train_step(self) -> float:
         """One batch: sample, augment, forward, loss, backward, AdamW step, lr step. Returns the loss."""
         t0 = time.perf_counter()
+        clock = _StageClock(self.stage_seconds, t0)
         self.model.train()
         idx = self.sampler.next_batch().to(self.device)
         x, y, k = self.images[idx], self.labels[idx].long(), self.known[idx]
+        clock.lap("sample")
         if self.augment:
             mm = self.mm_per_pixel[idx.cpu()] if self.mm_per_pixel is not None else None
             params = sample_augment_params(len(idx), self.aug_gen, self.device, self.augment_cfg, mm,
@@ -95,16 +112,21 @@ class Trainer:
             x, y = augment_batch(x, y, params, cfg=self.augment_cfg, y_context=yc, mirror=self.mirror)
             if "flip" in params:                # a mirrored slice annotates the mirrored organs
                 k = torch.where(params["flip"][:, None], k[:, self.mirror], k)
+        clock.lap("augment")
         if self.precision == "bf16":            # autocast: convs in bfloat16, weights and loss in float32
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 logits = self.model(x)
         else:
             logits = self.model(x)
+        clock.lap("forward")
         loss, dice, ce = marginal_dice_ce_loss(logits, y, k)
+        clock.lap("loss")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        clock.lap("backward")
         self.opt.step()
         self.sched.step()
+        clock.lap("optimiser")
         self.step += 1
         self.sums += torch.stack([loss.detach(), dice.detach(), ce.detach()]).double().cpu()
         self.epoch_seconds += time.perf_counter() - t0
