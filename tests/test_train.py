@@ -290,6 +290,26 @@ def test_organ_sampler_draws_rare_organs_as_often_as_common_ones():
     assert 0.07 < share_uniform < 0.13
 
 
+def test_organ_slice_power_draws_an_organs_thin_ends_more_often():
+    """One organ on slices 0-3 with 100, 100, 25 and 1 pixels (a pole at slice 3): with slice_power 0.5 the
+    weights are 0.1, 0.1, 0.2 and 1 (shares 1/14, 1/14, 2/14, 10/14); with 0 the draws are the uniform
+    sampler's, draw for draw."""
+    areas = torch.zeros(6, C, dtype=torch.int64)
+    areas[:4, 5] = torch.tensor([100, 100, 25, 1])
+    areas[:, 0] = 192 * 192 - areas[:, 5]
+    powered = OrganSampler(areas, batch_size=8, seed=0, p_organ=1.0, slice_power=0.5)
+    drawn = torch.cat([powered.next_batch() for _ in range(2000)])
+    shares = torch.bincount(drawn, minlength=6).double() / len(drawn)
+    expected = torch.tensor([1, 1, 2, 10, 0, 0], dtype=torch.float64) / 14
+    print(f"\n  slice_power 0.5: shares {[round(v, 3) for v in shares.tolist()]}, expected "
+          f"{[round(v, 3) for v in expected.tolist()]}")
+    assert torch.allclose(shares, expected, atol=0.015)
+    plain, by_presence = (OrganSampler(areas, batch_size=8, seed=0, p_organ=0.7),
+                          OrganSampler(areas > 0, batch_size=8, seed=0, p_organ=0.7))
+    for _ in range(50):
+        assert torch.equal(plain.next_batch(), by_presence.next_batch())
+
+
 def test_spacing_aware_zoom_brings_every_scan_to_the_drawn_pixel_size():
     cfg = {**AUGMENT_DEFAULTS, "zoom_mm": [2.0, 2.0]}
     params = sample_augment_params(3, torch.Generator().manual_seed(0), cfg=cfg,
@@ -318,6 +338,7 @@ def test_dataset_records_pixel_size_and_organ_presence(data_dir):
     assert torch.allclose(ds["mm_per_pixel"], torch.full((20,), 512 * 0.9766 / 192), rtol=1e-3)
     for i in range(20):
         assert ds["presence"][i].tolist() == [bool((ds["labels"][i] == k).any()) for k in range(C)]
+        assert ds["areas"][i].tolist() == [int((ds["labels"][i] == k).sum()) for k in range(C)]
 
 
 def _tiny_run(data_dir, out, *extra):
@@ -403,3 +424,14 @@ def test_train_speed_prints_both_precisions(data_dir, capsys):
     for values in rows.values():
         seconds, per_second, *stages = map(float, values[:8])
         assert seconds > 0 and abs(per_second - 1 / seconds) < 0.01 * per_second + 0.01 and len(stages) == 6
+
+
+@pytest.mark.parametrize("option, words", [(["--flip", "1.5"], "--flip 1.5 is not in [0, 1]"),
+                                           (["--organ-shift-hu", "-5"], "--organ-shift-hu -5.0 must be >= 0"),
+                                           (["--organ-slice-power", "3"], "--organ-slice-power 3.0 is not in [0, 2]"),
+                                           (["--keep-steps", "0"], "steps start at 1")])
+def test_recipe_options_out_of_range_are_refused_naming_the_value(option, words, tmp_path):
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--output", str(tmp_path / "run"), "--sampling", "organs", *option])
+    assert words in str(refused.value)
+    assert not (tmp_path / "run").exists()

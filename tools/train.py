@@ -50,7 +50,7 @@ from tools.training.status import CHECKPOINT_NAME
 # The options that define what is trained; a resumed run takes them from its checkpoint.
 RECIPE_OPTIONS = ("data", "cases", "holdout", "unknown", "spec", "epochs", "steps_per_epoch", "batch_size", "lr",
                   "weight_decay", "no_augment", "scale", "zoom_mm", "translate", "sampling", "p_organ", "seed",
-                  "flip", "organ_shift_hu", "precision")
+                  "flip", "organ_shift_hu", "precision", "organ_slice_power")
 
 
 def parse_steps(text) -> set[int]:
@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     m.add_argument("--p-organ", type=float, default=0.5, metavar="P",
                    help="share of organ-drawn samples with --sampling organs (default: %(default)s)")
+    m.add_argument("--organ-slice-power", type=float, default=0.0, metavar="P",
+                   help="with --sampling organs, draw the slice that shows the drawn organ with weight "
+                        "area**-P (area: the organ's pixels in it), so an organ's thin ends (a kidney's poles) "
+                        "come more often; 0: uniform over its slices (default: %(default)s)")
     m.add_argument("--no-augment", action="store_true",
                    help="train without augmentation (default: random scale 0.8-1.2, rotation +-15 deg, "
                         "elastic, intensity shift/scale and gamma; a left-right flip only with --flip)")
@@ -211,6 +215,8 @@ def check_args(args: argparse.Namespace) -> set[int]:
         raise SystemExit(f"train: --organ-shift-hu {args.organ_shift_hu} must be >= 0")
     if not 0.0 <= args.p_organ <= 1.0:
         raise SystemExit(f"train: --p-organ {args.p_organ} is not in [0, 1]")
+    if not 0.0 <= args.organ_slice_power <= 2.0:
+        raise SystemExit(f"train: --organ-slice-power {args.organ_slice_power} is not in [0, 2]")
     if args.zoom_mm is not None and not 0 < args.zoom_mm[0] <= args.zoom_mm[1]:
         raise SystemExit(f"train: --zoom-mm {args.zoom_mm} must be 0 < LO <= HI")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
@@ -259,7 +265,7 @@ def main(argv=None) -> int:
     trainer = Trainer(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
                       augment=not args.no_augment, augment_cfg=augment_cfg, sampling=args.sampling,
-                      p_organ=args.p_organ, device=args.device, seed=args.seed, precision=args.precision)
+                      p_organ=args.p_organ, organ_slice_power=args.organ_slice_power, device=args.device, seed=args.seed, precision=args.precision)
     config = {**{k: _plain(v) for k, v in vars(args).items() if k not in ("resume", "output")},
               "recipe": {k: _plain(getattr(args, k)) for k in RECIPE_OPTIONS}, "output": str(out_dir),
               "spec_name": spec.get("name"), "num_slices": n,

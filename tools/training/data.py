@@ -64,6 +64,7 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
         context_labels (N, 3, S, S) uint8  the labels of each input channel's slice (z-1, z, z+1, clamped)
         known    (N, num_classes) bool  per slice: background and the organs its case annotates
         presence (N, num_classes) bool  per slice: the labels it shows (for organ-balanced sampling)
+        areas    (N, num_classes) int64 per slice: pixels of each label at network resolution
         mm_per_pixel (N,) float32       in-plane size of one network pixel in mm (padded side x spacing / S),
                                         for the spacing-aware zoom
         case_index (N,) int64           index into `cases`
@@ -118,18 +119,24 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
             print(f"  {case}: {nz} slices of {(nx, ny)}, {mm_per_pixel[-1][0]:.2f} mm per network pixel, "
                   f"organs {organs} ({time.perf_counter() - t0:.1f} s)")
     labels = torch.cat(labels)
+    areas = organ_areas(labels, num_classes)
     return {
         "images": torch.cat(images), "labels": labels, "context_labels": torch.cat(context),
         "known": torch.cat(known).clone(),
         "case_index": torch.cat(case_index), "mm_per_pixel": torch.cat(mm_per_pixel).float(),
-        "presence": organ_presence(labels, num_classes), "cases": list(cases), "annotated": annotated,
+        "presence": areas > 0, "areas": areas, "cases": list(cases), "annotated": annotated,
         "label_names": names, "slices": counts,
     }
 
 
-def organ_presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, H, W) label slices -> (N, num_classes) bool: which labels each slice shows."""
+def organ_areas(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) label slices -> (N, num_classes) int64: pixels of each label per slice."""
     flat = labels.reshape(labels.shape[0], -1).long()
     counts = torch.zeros(labels.shape[0], num_classes, dtype=torch.int64)
     counts.scatter_add_(1, flat, torch.ones_like(flat))
-    return counts > 0
+    return counts
+
+
+def organ_presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) label slices -> (N, num_classes) bool: which labels each slice shows."""
+    return organ_areas(labels, num_classes) > 0

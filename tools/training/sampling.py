@@ -38,12 +38,22 @@ class OrganSampler:
     uniformly from the organs the training slices show (so the adrenals, on a few percent of the slices,
     come as often as the liver), otherwise a uniformly random slice (background-only slices included).
 
-    presence: (N, C) bool from organ_presence (column 0, background, is ignored)."""
+    The slice showing the drawn organ is uniform over its slices when slice_power is 0; with slice_power p > 0
+    a slice is drawn with weight area ** -p, area the organ's pixels in it, so the thin ends of an organ (a
+    kidney's poles, where it shows a small cross-section) come more often than its middle: p = 0.5 draws a
+    slice with a quarter of another's cross-section twice as often.
 
-    def __init__(self, presence: torch.Tensor, batch_size: int, seed: int, p_organ: float = 0.5):
-        self.n, self.batch_size, self.p_organ = presence.shape[0], batch_size, float(p_organ)
-        self.slices_of = [torch.nonzero(presence[:, k]).flatten() for k in range(1, presence.shape[1])
-                          if bool(presence[:, k].any())]
+    areas: (N, C) pixels per label per slice (organ_areas; column 0, background, is ignored)."""
+
+    def __init__(self, areas: torch.Tensor, batch_size: int, seed: int, p_organ: float = 0.5,
+                 slice_power: float = 0.0):
+        self.n, self.batch_size, self.p_organ = areas.shape[0], batch_size, float(p_organ)
+        organs = [k for k in range(1, areas.shape[1]) if bool((areas[:, k] > 0).any())]
+        self.slices_of = [torch.nonzero(areas[:, k] > 0).flatten() for k in organs]
+        # cumulative draw weights per organ (None: uniform, the draws of a sampler without slice_power)
+        self.cumulative_of = [None if slice_power == 0 else
+                              torch.cumsum(areas[members, k].double() ** -float(slice_power), 0)
+                              for k, members in zip(organs, self.slices_of)]
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> torch.Tensor:
@@ -53,8 +63,12 @@ class OrganSampler:
         organs = torch.randint(max(1, len(self.slices_of)), (self.batch_size,), generator=g)
         picks = torch.rand(self.batch_size, generator=g)
         for i in torch.nonzero(by_organ & (len(self.slices_of) > 0)).flatten().tolist():
-            members = self.slices_of[int(organs[i])]
-            out[i] = members[min(int(picks[i] * len(members)), len(members) - 1)]
+            members, cumulative = self.slices_of[int(organs[i])], self.cumulative_of[int(organs[i])]
+            if cumulative is None:
+                out[i] = members[min(int(picks[i] * len(members)), len(members) - 1)]
+            else:                               # inverse CDF of the area weights
+                at = int(torch.searchsorted(cumulative, picks[i].double() * cumulative[-1], right=True))
+                out[i] = members[min(at, len(members) - 1)]
         return out
 
     def state_dict(self) -> dict:
