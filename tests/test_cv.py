@@ -85,3 +85,33 @@ def test_fold_state_reads_status_json_and_falls_back_to_the_checkpoint(tmp_path)
     ns = (tmp_path / "checkpoint.pt").stat().st_mtime_ns
     os.utime(tmp_path / "status.json", ns=(ns - 10**9, ns - 10**9))
     assert cv.fold_state(tmp_path) == "trained"                     # older than the checkpoint: not trusted
+
+
+def test_so_far_scores_the_kept_checkpoints_of_running_folds_without_training(data_dir, tmp_path, capsys):
+    """--so-far: a fold that has kept its step-2000 checkpoint (its score already cached beside it) is tabled
+    under step 2000; a fold with no checkpoint yet and the steps nobody reached are left out; the recipe comes
+    from recipe.json, which is not rewritten."""
+    import os
+    recipe = {"folds": ["ts_chest", "amos_0013"], "recipe": ["--epochs", "200"], "command": "the first one"}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    fold = tmp_path / "fold_ts_chest"
+    (fold / "pred").mkdir(parents=True)
+    (fold / "checkpoint.pt").write_bytes(b"partial")
+    (fold / "status.json").write_text(json.dumps({"step": 3100, "total_steps": 20000, "complete": False}))
+    (fold / "checkpoint_step2000.pt").write_bytes(b"kept")
+    (fold / "evaluate_step2000.json").write_text(json.dumps(fold_result("ts_chest", {1: 0.91, 3: 0.77})))
+    os.utime(fold / "checkpoint_step2000.pt", (1, 1))                       # the score is newer: reused
+    (fold / "pred" / "ts_chest_step2000.nii.gz").symlink_to(data_dir / "labelsTr" / "ts_chest.nii.gz")
+    (tmp_path / "fold_amos_0013").mkdir()
+    argv = ["--output", str(tmp_path), "--data", str(data_dir), "--folds", "ts_chest,amos_0013",
+            "--curve", "2000,5000", "--so-far"]
+    assert cv.main(argv) == 0
+    text = capsys.readouterr().out
+    print(text)
+    assert "### step 2000" in text and "step 5000" not in text and "final" not in text
+    assert "| organ | ts_chest DSC / NSD |" in text and "amos_0013" not in text
+    assert "| liver | 0.910 / 0.455 |" in text
+    assert (tmp_path / "cv_curve_so_far.md").read_text() == text.rstrip("\n") + "\n"
+    assert json.loads((tmp_path / "recipe.json").read_text()) == recipe
+    with pytest.raises(SystemExit, match="has kept a checkpoint of --curve 5000 yet"):
+        cv.main(argv[:-3] + ["--curve", "5000", "--so-far"])

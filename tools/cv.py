@@ -16,6 +16,11 @@ processes may share one OUTPUT when their --folds do not overlap (one per core);
 then gathers the table.
 Ctrl-C or SIGTERM stop the running fold's training cleanly (it checkpoints).
 
+A learning curve costs one run per fold: `--curve 2000,5000,10000` keeps each fold's checkpoint at those steps
+(train.py --keep-steps) and scores each like the final weights (OUTPUT/cv_curve.md). While the folds still
+train, `--so-far` (with the same --output, --folds and --curve, the recipe read from recipe.json) trains nothing
+and scores the checkpoints they have kept so far (OUTPUT/cv_curve_so_far.md).
+
 An organ is left out of a fold's scores when the held-out case does not annotate it (dataset.json's
 "annotated", plus the `--unknown CASE:ORGAN` given to the recipe), and counted as absent when its label is
 empty there: the FLARE score of an absent organ is 1 if nothing is predicted and 0 otherwise, which says
@@ -208,6 +213,30 @@ def markdown(summary: dict, cases: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def score_so_far(out: Path, folds: list[str], data: Path, meta: dict, unknown: dict, curve: tuple[int, ...]) -> int:
+    """--so-far: each fold's kept checkpoints that exist (and its final weights once trained) scored as a user
+    would, without training; one table per step over the folds that have reached it."""
+    tables = []
+    for step in [*curve, "final"]:
+        tag = "" if step == "final" else f"_step{step}"
+        results, status = {}, {}
+        for case in folds:
+            fold_dir = out / f"fold_{case}"
+            if (step == "final" and fold_state(fold_dir) != "trained") or not (fold_dir / f"checkpoint{tag}.pt").is_file():
+                continue
+            results[case] = score_checkpoint(fold_dir, case, data, tag)
+            status[case] = organ_status(case, data, meta, unknown, fold_dir / "pred" / f"{case}{tag}.nii.gz")
+        if results:
+            name = "final weights" if step == "final" else f"step {step}"
+            tables.append(f"### {name}\n\n" + markdown(summarise(results, status), list(results)))
+    if not tables:
+        raise SystemExit(f"cv: no fold in {out} has kept a checkpoint of --curve {','.join(map(str, curve))} yet")
+    text = "\n".join(tables)
+    (out / "cv_curve_so_far.md").write_text(text)
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     recipe = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -223,6 +252,10 @@ def main(argv=None) -> int:
     p.add_argument("--curve", default="", metavar="STEP[,STEP...]",
                    help="a learning curve from the same runs: keep each fold's checkpoint at these steps and "
                         "score each like the final one (OUTPUT/cv_curve.md, cv_curve.json)")
+    p.add_argument("--so-far", action="store_true",
+                   help="train nothing: score the --curve checkpoints (and final weights) the folds have kept so "
+                        "far, while their trainings run, and print a table per step with the folds that have it "
+                        "(OUTPUT/cv_curve_so_far.md)")
     p.add_argument("--tta", action="store_true",
                    help="also score each fold's final weights with `npunet segment --tta` (test-time mirroring; "
                         "OUTPUT/cv_tta_table.md, cv_tta.json)")
@@ -237,6 +270,8 @@ def main(argv=None) -> int:
     earlier = args.output / "recipe.json"
     if earlier.is_file():       # trained folds are reused: they must come from the same recipe
         before = json.loads(earlier.read_text()).get("recipe")
+        if args.so_far and not recipe:
+            recipe = before or []
         if before != recipe:
             raise SystemExit(f"cv: {args.output} holds folds of another recipe ({' '.join(before or []) or 'none'}); "
                              f"give a new --output for this one ({' '.join(recipe) or 'none'})")
@@ -248,6 +283,8 @@ def main(argv=None) -> int:
     meta = read_dataset_json(args.data)
     unknown = parse_unknown([recipe[i + 1] for i, a in enumerate(recipe[:-1]) if a == "--unknown"],
                             label_names(meta))
+    if args.so_far:
+        return score_so_far(args.output, folds, args.data, meta, unknown, curve)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "recipe.json").write_text(json.dumps({"folds": folds, "recipe": recipe, "data": str(args.data),
                                                           "command": " ".join(sys.argv)}, indent=1) + "\n")
