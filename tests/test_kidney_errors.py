@@ -60,3 +60,22 @@ def test_a_prediction_of_no_known_case_is_one_line(tmp_path):
                             check=False, capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and "does not start with a case name" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_draws_of_a_fold_split_the_kidney_slices_into_thirds_and_slabs(data_dir):
+    """Uniform over an organ's slices (power 0), the thirds of the one whole-kidney case get equal shares
+    within a slice and the slabs the rest; every row sums to 1; power 0.5 moves draws towards small
+    cross-sections, so the shares change."""
+    import pytest
+    pytest.importorskip("torch")
+    lines = kidney_errors.draw_shares(data_dir, "tsds_s0009", [0.0, 0.5])
+    print("\n" + "\n".join(lines))
+    rows = {line.split(":")[0].strip(): [float(v) for v in line.split("slabs ")[1].split(" (")[0].split(" / ")]
+            for line in lines[1:]}
+    assert set(rows) == {f"{k}, power {p}" for k in ("right_kidney", "left_kidney") for p in ("0", "0.5")}
+    for shares in rows.values():
+        assert abs(sum(shares) - 1) < 0.02
+    for kidney in ("right_kidney", "left_kidney"):
+        upper, middle, lower, slabs = rows[f"{kidney}, power 0"]
+        assert max(upper, middle, lower) - min(upper, middle, lower) <= 0.02 and slabs > 0.2
+        assert rows[f"{kidney}, power 0.5"] != rows[f"{kidney}, power 0"]

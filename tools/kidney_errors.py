@@ -1,6 +1,7 @@
 """Where a prediction's kidney voxels went: the failures issue 21 aims the recipe at, measured.
 
     python -m tools.kidney_errors runs/cv/fold_tsds_s0009/pred/tsds_s0009.nii.gz [...] [--data ../shared/data]
+    python -m tools.kidney_errors --draws tsds_s0009 [--power 0 0.5]
 
 For each predicted label map (a file named CASE*.nii.gz, CASE a case of the data folder, scored against
 labelsTr/CASE.nii.gz), and each kidney the truth labels:
@@ -10,6 +11,10 @@ labelsTr/CASE.nii.gz), and each kidney the truth labels:
 - its recall in the upper, middle and lower third of its head-feet extent (the poles are where the model loses
   kidneys). Meaningless for a short slab (the AMOS cases are 11 slices at the kidneys): the thirds are printed
   only for a kidney spanning at least 15 slices.
+
+--draws HELD_OUT: which kidney slices organ sampling draws when training the fold that holds HELD_OUT out
+(torch needed): the share of the draws in the upper, middle and lower third of each training case's kidney
+and in slabs too short for thirds, for each --power (train.py's --organ-slice-power).
 """
 
 from __future__ import annotations
@@ -92,16 +97,54 @@ def report(prediction_path: Path, data: Path, cases: list[str]) -> list[str]:
     return lines
 
 
+def draw_shares(data: Path, held_out: str, powers: list[float]) -> list[str]:
+    """Shares of organ sampling's kidney draws per third (upper, middle, lower) and in short slabs, for the
+    training set of the fold without `held_out` (RAS slices: a higher index is more superior)."""
+    import torch
+
+    from tools.training.data import build_dataset
+    from tools.training.description import label_names, list_cases, parse_unknown, read_dataset_json
+    cases = [case for case in list_cases(data) if case != held_out]
+    unknown = parse_unknown(["ts_abdomen:esophagus"], label_names(read_dataset_json(data)))
+    dataset = build_dataset(data, cases, unknown=unknown, verbose=False)
+    areas, case_index = dataset["areas"], dataset["case_index"]
+    lines = [f"fold without {held_out}: training cases {', '.join(cases)}"]
+    for kidney, _ in KIDNEYS:
+        slices = torch.nonzero(areas[:, BY_NAME[kidney]] > 0).flatten()
+        part = torch.full((len(slices),), 3)                  # 0 upper, 1 middle, 2 lower third, 3 slab
+        for case in case_index[slices].unique():
+            mine = torch.nonzero(case_index[slices] == case).flatten()
+            if len(mine) >= MIN_SLICES_FOR_THIRDS:
+                top_down = mine[torch.argsort(slices[mine], descending=True)]
+                for third, members in enumerate(torch.tensor_split(top_down, 3)):
+                    part[members] = third
+        for power in powers:
+            weights = areas[slices, BY_NAME[kidney]].double() ** -power
+            shares = [float(weights[part == p].sum() / weights.sum()) for p in range(4)]
+            lines.append(f"  {kidney}, power {power:g}: upper / middle / lower third / slabs "
+                         + " / ".join(f"{v:.2f}" for v in shares) + f" ({len(slices)} slices)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.kidney_errors", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("predictions", nargs="+", type=Path, help="predicted label maps (CASE*.nii.gz)")
+    parser.add_argument("predictions", nargs="*", type=Path, help="predicted label maps (CASE*.nii.gz)")
+    parser.add_argument("--draws", metavar="HELD_OUT", help="the kidney draws of the fold without HELD_OUT")
+    parser.add_argument("--power", type=float, nargs="+", default=[0.0, 0.5],
+                        help="--organ-slice-power values for --draws (default: 0 0.5)")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("NPUNET_DATA", "../shared/data")),
                         help="FLARE-layout data folder with labelsTr/ (default $NPUNET_DATA or ../shared/data)")
     args = parser.parse_args(argv)
     if not (args.data / "labelsTr").is_dir():
         raise SystemExit(f"kidney_errors: no labelsTr/ in the data folder {args.data}")
+    if not args.predictions and not args.draws:
+        parser.error("give predicted label maps, or --draws HELD_OUT")
     cases = [path.name[:-len(".nii.gz")] for path in (args.data / "labelsTr").glob("*.nii.gz")]
+    if args.draws:
+        if args.draws not in cases:
+            raise SystemExit(f"kidney_errors: --draws {args.draws} is not a case of {args.data}")
+        print("\n".join(draw_shares(args.data, args.draws, args.power)))
     for path in args.predictions:
         if not path.is_file():
             raise SystemExit(f"kidney_errors: no prediction file {path}")
