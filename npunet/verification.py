@@ -39,6 +39,7 @@ from npunet.io.digests import file_digest, series_digest
 from npunet.io.report import locate, machine, read_report, software_versions
 from npunet.machine import max_threads, use_threads
 from npunet.pipeline import segment_array
+from npunet.text import one_line
 from npunet.weights import default_weights_path
 
 
@@ -304,7 +305,7 @@ def _describe(entry: dict, a: Path, b: Path, ct, model, what=("the run again", "
             rows = [xa.split(",")[1] if "," in xa else xa for xa, ya in zip(x, y) if xa != ya]
             return f"rows that differ: {', '.join(rows[:8])}" if rows else f"{len(x)} and {len(y)} lines"
     except Exception as exc:           # a file too damaged to decode: say so rather than fail the verification
-        return f"cannot be decoded to compare ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        return f"cannot be decoded to compare ({type(exc).__name__}: {one_line(str(exc), limit=None)[:120]})"
     return "a picture: compare the label maps"
 
 

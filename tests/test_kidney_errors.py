@@ -6,6 +6,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from npunet.labels import LABELS
 from tools import kidney_errors
@@ -66,7 +67,6 @@ def test_draws_of_a_fold_split_the_kidney_slices_into_thirds_and_slabs(data_dir)
     """Uniform over an organ's slices (power 0), the thirds of the one whole-kidney case get equal shares
     within a slice and the slabs the rest; every row sums to 1; power 0.5 moves draws towards small
     cross-sections, so the shares change."""
-    import pytest
     pytest.importorskip("torch")
     lines = kidney_errors.draw_shares(data_dir, "tsds_s0009", [0.0, 0.5])
     print("\n" + "\n".join(lines))

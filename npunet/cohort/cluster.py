@@ -30,6 +30,7 @@ from distributed import WorkerPlugin
 from npunet.errors import NpunetError
 from npunet.machine import use_threads
 from npunet.resources import keep_freed_memory
+from npunet.text import one_line
 
 
 class ModelOnWorker(WorkerPlugin):
@@ -93,7 +94,7 @@ def connect(workers: int | None = None, scheduler: str | None = None):
         try:
             client = Client(scheduler)
         except (OSError, TimeoutError, ValueError) as exc:
-            why = " ".join(str(exc).split())
+            why = one_line(str(exc), limit=None)
             raise NpunetError(f"cannot reach the Dask scheduler at {scheduler} ({why})") from None
         return client, client.close
     cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,

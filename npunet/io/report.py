@@ -31,6 +31,7 @@ from npunet.errors import InputError
 from npunet.io.digests import file_digest, series_digest
 from npunet.publish import atomic_write
 from npunet.schema import Any, Bool, Int, List, Map, Num, Obj, Opt, Schema, Str, parse_json, validate
+from npunet.text import one_line
 from npunet.version import __version__
 
 REPORT_KIND = "npunet provenance report"
@@ -140,7 +141,7 @@ def weights_record(path, sha256: str, model: str | None, default_path, report_pa
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise InputError(f"{path}: the weights file went away during the run ({' '.join(str(exc).split())}); "
+        raise InputError(f"{path}: the weights file went away during the run ({one_line(str(exc), limit=None)}); "
                          f"no report without it") from None
     return {**where(path, report_path), "default": path.absolute() == Path(default_path).absolute(),
             "size": size, "sha256": sha256, "model": model}
@@ -186,7 +187,7 @@ def read_report(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise ReportError(f"{path}: no such file (the report to verify)") from None
     except OSError as exc:
-        raise ReportError(f"{path}: cannot read the report ({' '.join(str(exc).split())})") from None
+        raise ReportError(f"{path}: cannot read the report ({one_line(str(exc), limit=None)})") from None
     document = parse_json(data, f"{path}", ReportError, REPORT_MAX_BYTES)
     if not isinstance(document, dict) or document.get("report") != REPORT_KIND:
         raise ReportError(f"{path}: not an npunet report (no \"report\": \"{REPORT_KIND}\" in it)")

@@ -46,6 +46,7 @@ from npunet.io.dicom import DICOM_HEADERS
 from npunet.io.dicom_seg import source_datasets
 from npunet.io.paths import make_parent
 from npunet.publish import atomic_write
+from npunet.text import one_line
 
 RT_UTILS_HINT = "pip install 'npunet[rtstruct]' (or: pip install rt-utils)"
 RTSTRUCT_SERIES_NUMBER = 901
@@ -57,7 +58,7 @@ def import_rt_utils():
     try:
         import rt_utils
     except ImportError as exc:
-        why = "" if getattr(exc, "name", None) == "rt_utils" else f" ({' '.join(str(exc).split())})"
+        why = "" if getattr(exc, "name", None) == "rt_utils" else f" ({one_line(str(exc), limit=None)})"
         raise NpunetError(f"writing an RTSTRUCT needs rt-utils (and OpenCV), which is not installed{why}: "
                           f"{RT_UTILS_HINT}") from None
     return rt_utils

@@ -63,8 +63,8 @@ def build_dataset(data_dir, cases, params: dict = DEFAULT_PREPROCESSING, unknown
         labels   (N, S, S)    uint8     label slices through the same window, nearest resize
         context_labels (N, 3, S, S) uint8  the labels of each input channel's slice (z-1, z, z+1, clamped)
         known    (N, num_classes) bool  per slice: background and the organs its case annotates
-        presence (N, num_classes) bool  per slice: the labels it shows (for organ-balanced sampling)
-        areas    (N, num_classes) int64 per slice: pixels of each label at network resolution
+        presence (N, num_classes) bool  per slice: the labels it shows (areas > 0)
+        areas    (N, num_classes) int64 per slice: pixels of each label at network resolution (organ sampling)
         mm_per_pixel (N,) float32       in-plane size of one network pixel in mm (padded side x spacing / S),
                                         for the spacing-aware zoom
         case_index (N,) int64           index into `cases`
@@ -136,7 +136,3 @@ def organ_areas(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     counts.scatter_add_(1, flat, torch.ones_like(flat))
     return counts
 
-
-def organ_presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, H, W) label slices -> (N, num_classes) bool: which labels each slice shows."""
-    return organ_areas(labels, num_classes) > 0
