@@ -14,7 +14,8 @@ from tools import REPO, train  # noqa: E402
 from tools.training.augment import (AUGMENT_DEFAULTS, augment_batch, identity_augment_params,  # noqa: E402
                                     sample_augment_params)
 from tools.training.data import build_dataset, resize_labels_nearest  # noqa: E402
-from tools.training.description import annotated_organs, label_names, parse_unknown, read_dataset_json  # noqa: E402
+from tools.training.description import (annotated_organs, label_names, parse_class_weights,  # noqa: E402
+                                        parse_unknown, read_dataset_json)
 from tools.training.loss import marginal_dice_ce_loss  # noqa: E402
 from tools.training.sampling import OrganSampler  # noqa: E402
 from tools.training.status import read_status  # noqa: E402
@@ -100,6 +101,48 @@ def test_loss_is_stable_and_differentiable_with_extreme_logits():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     assert ce.item() < 1e-3                              # organ 5 is unknown everywhere: merged into background
+
+
+def test_class_weight_weights_the_ce_as_torch_does_and_leaves_dice_alone():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, C, 8, 5, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, C, (2, 8, 5), generator=gen)
+    known = torch.ones(2, C, dtype=torch.bool)
+    weight = torch.ones(C)
+    weight[13], weight[1] = 3.0, 0.5                     # left kidney up, spleen down
+    _, dice, ce = marginal_dice_ce_loss(logits, target, known, class_weight=weight)
+    ce_ref = F.cross_entropy(logits.float(), target, weight=weight)
+    plain = marginal_dice_ce_loss(logits, target, known)
+    print(f"|weighted ce - F.cross_entropy(weight=...)| = {abs(ce - ce_ref).item():.2e}")
+    assert torch.allclose(ce, ce_ref, atol=1e-6)
+    assert abs(ce - plain[2]) > 1e-3                     # the weights change the CE ...
+    assert torch.equal(dice, plain[1])                   # ... and not the Dice
+    ones = marginal_dice_ce_loss(logits, target, known, class_weight=torch.ones(C))
+    assert torch.allclose(ones[2], plain[2], atol=1e-12)
+
+
+def test_class_weight_gives_merged_background_the_background_weight():
+    """Organ 10 unknown: a voxel labelled 0 scores log(p0 + p10) with weight class_weight[0]."""
+    logits = torch.zeros(1, 3, 1, 2)
+    logits[0, 2, 0, 0] = math.log(2.0)                   # pixel 0: p = (1/4, 1/4, 1/2)
+    target = torch.tensor([[[0, 1]]])
+    known = torch.tensor([[True, True, False]])
+    _, _, ce = marginal_dice_ce_loss(logits, target, known, class_weight=torch.tensor([2.0, 1.0, 7.0]))
+    expected = (2.0 * -math.log(0.75) + 1.0 * -math.log(1 / 3)) / 3.0
+    assert ce.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_class_weight_option_reads_names_and_refuses_nonsense(data_dir, tmp_path):
+    names = label_names(read_dataset_json(data_dir))
+    weights = parse_class_weights(["left_kidney=2", "1=0.5"], names)
+    assert len(weights) == C and weights[13] == 2.0 and weights[1] == 0.5 and weights.count(1.0) == C - 2
+    assert parse_class_weights([], names) is None
+    for bad, words in (("left_kidney=0", "must look like LABEL=W with W > 0"),
+                       ("left_kidney", "must look like LABEL=W"), ("kidneyy=2", "unknown label 'kidneyy'")):
+        with pytest.raises(SystemExit) as refused:
+            train.main(["--data", str(data_dir), "--output", str(tmp_path / "run"), "--class-weight", bad])
+        assert words in str(refused.value)
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------------- augmentation --

@@ -40,7 +40,7 @@ from tools.torch_model import load_spec
 from tools.training.augment import AUGMENT_DEFAULTS
 from tools.training.data import build_dataset
 from tools.training.description import (annotated_organs, default_data_dir, label_names, list_cases,
-                                        parse_unknown, read_dataset_json)
+                                        parse_class_weights, parse_unknown, read_dataset_json)
 from tools.training.loop import PRECISIONS, Trainer
 from tools.training.predict import segment_holdout
 from tools.training.run import run_training
@@ -50,7 +50,7 @@ from tools.training.status import CHECKPOINT_NAME
 # The options that define what is trained; a resumed run takes them from its checkpoint.
 RECIPE_OPTIONS = ("data", "cases", "holdout", "unknown", "spec", "epochs", "steps_per_epoch", "batch_size", "lr",
                   "weight_decay", "no_augment", "scale", "zoom_mm", "translate", "sampling", "p_organ", "seed",
-                  "flip", "organ_shift_hu", "precision", "organ_slice_power")
+                  "flip", "organ_shift_hu", "precision", "organ_slice_power", "class_weight")
 
 
 def parse_steps(text) -> set[int]:
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --sampling organs, draw the slice that shows the drawn organ with weight "
                         "area**-P (area: the organ's pixels in it), so an organ's thin ends (a kidney's poles) "
                         "come more often; 0: uniform over its slices (default: %(default)s)")
+    m.add_argument("--class-weight", action="append", default=[], metavar="LABEL=W",
+                   help="weight the cross-entropy of voxels labelled LABEL (a name or id in dataset.json) by W "
+                        "(others 1; the Dice part is not weighted), e.g. --class-weight left_kidney=2; "
+                        "repeatable (default: every class 1)")
     m.add_argument("--no-augment", action="store_true",
                    help="train without augmentation (default: random scale 0.8-1.2, rotation +-15 deg, "
                         "elastic, intensity shift/scale and gamma; a left-right flip only with --flip)")
@@ -247,6 +251,7 @@ def main(argv=None) -> int:
     names = label_names(meta)
     cases = training_cases(args)
     unknown = parse_unknown(args.unknown, names)
+    class_weight = parse_class_weights(args.class_weight, names)
     spec = load_spec(args.spec)
     params = dict(DEFAULT_PREPROCESSING)
     out_dir = args.output or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -265,7 +270,8 @@ def main(argv=None) -> int:
     trainer = Trainer(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
                       augment=not args.no_augment, augment_cfg=augment_cfg, sampling=args.sampling,
-                      p_organ=args.p_organ, organ_slice_power=args.organ_slice_power, device=args.device, seed=args.seed, precision=args.precision)
+                      p_organ=args.p_organ, organ_slice_power=args.organ_slice_power,
+                      class_weight=class_weight, device=args.device, seed=args.seed, precision=args.precision)
     config = {**{k: _plain(v) for k, v in vars(args).items() if k not in ("resume", "output")},
               "recipe": {k: _plain(getattr(args, k)) for k in RECIPE_OPTIONS}, "output": str(out_dir),
               "spec_name": spec.get("name"), "num_slices": n,

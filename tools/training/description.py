@@ -73,6 +73,23 @@ def parse_unknown(items, names: dict[int, str]) -> dict[str, list[int]]:
     return {c: sorted(v) for c, v in out.items()}
 
 
+def parse_class_weights(items, names: dict[int, str]) -> list[float] | None:
+    """['LABEL=W', ...] -> one cross-entropy weight per label id 0..max (1.0 where not named); None for none."""
+    if not items:
+        return None
+    weights = [1.0] * (max(names) + 1)
+    for item in items:
+        label, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not label.strip() or not weight > 0:
+            raise SystemExit(f"train: --class-weight {item!r} must look like LABEL=W with W > 0")
+        weights[resolve_label(label.strip(), names)] = weight
+    return weights
+
+
 def annotated_organs(case: str, meta: dict, unknown: dict[str, list[int]] | None = None) -> list[int]:
     """The organ ids (no background) labelled in `case`: dataset.json's "annotated" list (all organs when
     absent), minus the ones made unknown by --unknown."""

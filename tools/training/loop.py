@@ -59,7 +59,7 @@ class Trainer:
     def __init__(self, dataset: dict, spec: dict, *, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
                  weight_decay: float = 1e-4, steps_per_epoch: int | None = None, augment: bool = True,
                  augment_cfg: dict = AUGMENT_DEFAULTS, sampling: str = "uniform", p_organ: float = 0.5,
-                 organ_slice_power: float = 0.0,
+                 organ_slice_power: float = 0.0, class_weight=None,
                  device="cpu", seed: int = 0, precision: str = "fp32"):
         if sampling not in SAMPLERS:
             raise ValueError(f"sampling {sampling!r} is not one of {SAMPLERS}")
@@ -76,6 +76,11 @@ class Trainer:
                                if augment and augment_cfg.get("organ_shift", 0.0) > 0 else None)
         self.mirror = torch.tensor(mirror_labels(dataset["label_names"]), device=self.device)
         self.num_classes = int(spec["num_classes"])
+        self.class_weight = (None if class_weight is None else
+                             torch.as_tensor(class_weight, dtype=torch.float32, device=self.device))
+        if self.class_weight is not None and self.class_weight.shape != (self.num_classes,):
+            raise ValueError(f"class_weight has {tuple(self.class_weight.shape)} weights for "
+                             f"{self.num_classes} classes")
         self.precision = precision
         self.known = dataset["known"].to(self.device)
         self.mm_per_pixel = dataset.get("mm_per_pixel")
@@ -120,7 +125,7 @@ class Trainer:
         else:
             logits = self.model(x)
         clock.lap("forward")
-        loss, dice, ce = marginal_dice_ce_loss(logits, y, k)
+        loss, dice, ce = marginal_dice_ce_loss(logits, y, k, class_weight=self.class_weight)
         clock.lap("loss")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 
 def marginal_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor,
-                          smooth: float = 1e-5):
+                          smooth: float = 1e-5, class_weight: torch.Tensor | None = None):
     """Dice + cross-entropy with the marginal treatment of partial labels. Returns (loss, dice, ce).
 
     logits: (N, C, H, W); target: (N, H, W) int labels; known: (N, C) bool, True for the classes sample n's
@@ -21,6 +21,9 @@ def marginal_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, known: tor
       - CE: for a voxel labelled 0 the log-probability is log sum_{k in U} p_k, computed stably as
         logsumexp over k in U of log_softmax(logits)_k; for a voxel of organ c in A it is log p_c as usual.
         The mean is over all voxels. With every organ annotated this is exactly F.cross_entropy.
+        class_weight (C,), when given, weights each voxel's term by the weight of its label (a voxel labelled
+        0, merged or not, by class_weight[0]) and divides by the sum of those weights, as
+        F.cross_entropy(weight=class_weight) does; the Dice part is left as it is.
       - Dice: soft Dice per organ class (background left out, as nnU-Net does), pooled over the batch
         ("batch Dice": sums of p*g, p and g over all pixels of the samples that annotate that class),
         dice_c = (2 sum p g + smooth) / (sum p + sum g + smooth), averaged over the classes that at least
@@ -42,9 +45,16 @@ def marginal_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, known: tor
     if bool(merged[:, 1:].any()):                                           # some organ unknown somewhere
         logp_merged = torch.logsumexp(logp.masked_fill(~merged[:, :, None, None], float("-inf")), dim=1)
         target_merged = merged.gather(1, target.flatten(1)).view_as(target) # label 0 or an unknown organ
-        ce = -torch.where(target_merged, logp_merged, logp_target).mean()
+        nll = -torch.where(target_merged, logp_merged, logp_target)
     else:
-        ce = -logp_target.mean()
+        nll = -logp_target
+    if class_weight is None:
+        ce = nll.mean()
+    else:
+        if class_weight.shape != (c,):
+            raise ValueError(f"class_weight has shape {tuple(class_weight.shape)}, expected ({c},)")
+        voxel_weight = class_weight.to(device=logp.device, dtype=logp.dtype)[target]   # (N, H, W)
+        ce = (voxel_weight * nll).sum() / voxel_weight.sum()
 
     # Per sample and class: sum of p over the pixels labelled with the class (p at the target, scattered by
     # label), of p over all pixels, and the pixel count; the same sums as with a one-hot target, 4x faster.
