@@ -15,7 +15,7 @@ from tools.training.augment import (AUGMENT_DEFAULTS, augment_batch, identity_au
                                     sample_augment_params)
 from tools.training.data import build_dataset, resize_labels_nearest  # noqa: E402
 from tools.training.description import (annotated_organs, label_names, parse_class_weights,  # noqa: E402
-                                        parse_unknown, read_dataset_json)
+                                        parse_pairs, parse_unknown, read_dataset_json)
 from tools.training.loss import marginal_dice_ce_loss  # noqa: E402
 from tools.training.sampling import OrganSampler  # noqa: E402
 from tools.training.status import read_status  # noqa: E402
@@ -109,7 +109,7 @@ def test_class_weight_weights_the_ce_as_torch_does_and_leaves_dice_alone():
     target = torch.randint(0, C, (2, 8, 5), generator=gen)
     known = torch.ones(2, C, dtype=torch.bool)
     weight = torch.ones(C)
-    weight[13], weight[1] = 3.0, 0.5                     # left kidney up, spleen down
+    weight[13], weight[3] = 3.0, 0.5                     # left kidney up, spleen down
     _, dice, ce = marginal_dice_ce_loss(logits, target, known, class_weight=weight)
     ce_ref = F.cross_entropy(logits.float(), target, weight=weight)
     plain = marginal_dice_ce_loss(logits, target, known)
@@ -134,8 +134,8 @@ def test_class_weight_gives_merged_background_the_background_weight():
 
 def test_class_weight_option_reads_names_and_refuses_nonsense(data_dir, tmp_path):
     names = label_names(read_dataset_json(data_dir))
-    weights = parse_class_weights(["left_kidney=2", "1=0.5"], names)
-    assert len(weights) == C and weights[13] == 2.0 and weights[1] == 0.5 and weights.count(1.0) == C - 2
+    weights = parse_class_weights(["left_kidney=2", "3=0.5"], names)
+    assert len(weights) == C and weights[13] == 2.0 and weights[3] == 0.5 and weights.count(1.0) == C - 2
     assert parse_class_weights([], names) is None
     for bad, words in (("left_kidney=0", "must look like LABEL=W with W > 0"),
                        ("left_kidney", "must look like LABEL=W"), ("kidneyy=2", "unknown label 'kidneyy'")):
@@ -331,6 +331,47 @@ def test_organ_sampler_draws_rare_organs_as_often_as_common_ones():
     uniform = OrganSampler(presence, batch_size=8, seed=0, p_organ=0.0)
     share_uniform = (torch.cat([uniform.next_batch() for _ in range(500)]) >= 90).float().mean().item()
     assert 0.07 < share_uniform < 0.13
+
+
+def test_pair_sampling_draws_slices_that_show_both_organs():
+    """Spleen (3) on slices 0-49, left kidney (13) on 40-89: only 40-49 show both. With p_organ 1 and p_pair
+    0.5 half of the draws come from those ten slices, as well as the organ draws that land there by chance;
+    with no pairs the draws are those of a sampler without the option, draw for draw."""
+    areas = torch.zeros(100, C, dtype=torch.int64)
+    areas[:50, 3], areas[40:90, 13] = 30, 20
+    paired = OrganSampler(areas, batch_size=8, seed=0, p_organ=1.0, pairs=[(13, 3)], p_pair=0.5)
+    drawn = torch.cat([paired.next_batch() for _ in range(1000)])
+    both = ((drawn >= 40) & (drawn < 50)).float().mean().item()
+    print(f"pair sampler: share of slices showing both organs {both:.3f} (expected 0.5 + 0.5 * 0.2 = 0.6)")
+    assert 0.56 < both < 0.64
+    plain, pairless = (OrganSampler(areas, batch_size=8, seed=0, p_organ=0.5),
+                       OrganSampler(areas, batch_size=8, seed=0, p_organ=0.5, pairs=[(13, 3)], p_pair=0.0))
+    for _ in range(50):
+        assert torch.equal(plain.next_batch(), pairless.next_batch())
+    with pytest.raises(ValueError, match=r"both labels of the pair\(s\) \[\(13, 2\)\]"):
+        OrganSampler(areas, batch_size=8, seed=0, pairs=[(13, 2)], p_pair=0.5)
+
+
+@pytest.mark.parametrize("option, words", [(["--p-pair", "0.3"], "--p-pair 0.3 needs --sampling organs and at least one --pair"),
+                                           (["--sampling", "organs", "--p-pair", "2"], "--p-pair 2.0 is not in [0, 1]")])
+def test_pair_options_are_checked(option, words, tmp_path):
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--output", str(tmp_path / "run"), *option])
+    assert words in str(refused.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_pair_option_reads_names_and_refuses_a_pair_no_slice_shows(data_dir, tmp_path):
+    names = label_names(read_dataset_json(data_dir))
+    assert parse_pairs(["left_kidney:spleen", "liver:2"], names) == [(13, 3), (1, 2)]
+    for bad, words in (("spleen", "must look like LABEL:LABEL"), ("spleen:spleen", "two different organs")):
+        with pytest.raises(SystemExit) as refused:
+            parse_pairs([bad], names)
+        assert words in str(refused.value)
+    with pytest.raises(SystemExit) as refused:      # ts_cta labels only the aorta: no slice shows a kidney
+        train.main(["--data", str(data_dir), "--cases", "ts_cta", "--sampling", "organs", "--pair",
+                    "left_kidney:aorta", "--p-pair", "0.5", "--epochs", "1", "--output", str(tmp_path / "run")])
+    assert "no training slice shows both labels of the pair(s) [(13, 5)]" in str(refused.value)
 
 
 def test_organ_slice_power_draws_an_organs_thin_ends_more_often():

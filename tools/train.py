@@ -40,7 +40,8 @@ from tools.torch_model import load_spec
 from tools.training.augment import AUGMENT_DEFAULTS
 from tools.training.data import build_dataset
 from tools.training.description import (annotated_organs, default_data_dir, label_names, list_cases,
-                                        parse_class_weights, parse_unknown, read_dataset_json)
+                                        parse_class_weights, parse_pairs, parse_unknown,
+                                        read_dataset_json)
 from tools.training.loop import PRECISIONS, Trainer
 from tools.training.predict import segment_holdout
 from tools.training.run import run_training
@@ -50,7 +51,8 @@ from tools.training.status import CHECKPOINT_NAME
 # The options that define what is trained; a resumed run takes them from its checkpoint.
 RECIPE_OPTIONS = ("data", "cases", "holdout", "unknown", "spec", "epochs", "steps_per_epoch", "batch_size", "lr",
                   "weight_decay", "no_augment", "scale", "zoom_mm", "translate", "sampling", "p_organ", "seed",
-                  "flip", "organ_shift_hu", "precision", "organ_slice_power", "class_weight")
+                  "flip", "organ_shift_hu", "precision", "organ_slice_power", "class_weight",
+                  "pair", "p_pair")
 
 
 def parse_steps(text) -> set[int]:
@@ -123,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --sampling organs, draw the slice that shows the drawn organ with weight "
                         "area**-P (area: the organ's pixels in it), so an organ's thin ends (a kidney's poles) "
                         "come more often; 0: uniform over its slices (default: %(default)s)")
+    m.add_argument("--pair", action="append", default=[], metavar="LABEL:LABEL",
+                   help="with --sampling organs and --p-pair, a pair of organs the model confuses "
+                        "(e.g. left_kidney:spleen); repeatable")
+    m.add_argument("--p-pair", type=float, default=0.0, metavar="P",
+                   help="share of the organ-drawn samples that are instead a slice showing both organs of a "
+                        "--pair drawn uniformly (default: %(default)s, never)")
     m.add_argument("--class-weight", action="append", default=[], metavar="LABEL=W",
                    help="weight the cross-entropy of voxels labelled LABEL (a name or id in dataset.json) by W "
                         "(others 1; the Dice part is not weighted), e.g. --class-weight left_kidney=2; "
@@ -219,6 +227,10 @@ def check_args(args: argparse.Namespace) -> set[int]:
         raise SystemExit(f"train: --organ-shift-hu {args.organ_shift_hu} must be >= 0")
     if not 0.0 <= args.p_organ <= 1.0:
         raise SystemExit(f"train: --p-organ {args.p_organ} is not in [0, 1]")
+    if not 0.0 <= args.p_pair <= 1.0:
+        raise SystemExit(f"train: --p-pair {args.p_pair} is not in [0, 1]")
+    if args.p_pair > 0 and (args.sampling != "organs" or not args.pair):
+        raise SystemExit(f"train: --p-pair {args.p_pair} needs --sampling organs and at least one --pair")
     if not 0.0 <= args.organ_slice_power <= 2.0:
         raise SystemExit(f"train: --organ-slice-power {args.organ_slice_power} is not in [0, 2]")
     if args.zoom_mm is not None and not 0 < args.zoom_mm[0] <= args.zoom_mm[1]:
@@ -252,6 +264,7 @@ def main(argv=None) -> int:
     cases = training_cases(args)
     unknown = parse_unknown(args.unknown, names)
     class_weight = parse_class_weights(args.class_weight, names)
+    pairs = parse_pairs(args.pair, names)
     spec = load_spec(args.spec)
     params = dict(DEFAULT_PREPROCESSING)
     out_dir = args.output or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -267,11 +280,14 @@ def main(argv=None) -> int:
                    "zoom_mm": list(args.zoom_mm) if args.zoom_mm is not None else None,
                    "p_flip": float(args.flip),
                    "organ_shift": float(args.organ_shift_hu) / float(params["hu_max"] - params["hu_min"])}
-    trainer = Trainer(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
-                      augment=not args.no_augment, augment_cfg=augment_cfg, sampling=args.sampling,
-                      p_organ=args.p_organ, organ_slice_power=args.organ_slice_power,
-                      class_weight=class_weight, device=args.device, seed=args.seed, precision=args.precision)
+    try:
+        trainer = Trainer(dataset, spec, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
+                          augment=not args.no_augment, augment_cfg=augment_cfg, sampling=args.sampling,
+                          p_organ=args.p_organ, organ_slice_power=args.organ_slice_power,
+                          pairs=pairs, p_pair=args.p_pair, class_weight=class_weight, device=args.device, seed=args.seed, precision=args.precision)
+    except ValueError as e:                 # a recipe the data cannot serve (a --pair no slice shows)
+        raise SystemExit(f"train: {e}") from None
     config = {**{k: _plain(v) for k, v in vars(args).items() if k not in ("resume", "output")},
               "recipe": {k: _plain(getattr(args, k)) for k in RECIPE_OPTIONS}, "output": str(out_dir),
               "spec_name": spec.get("name"), "num_slices": n,

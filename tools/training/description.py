@@ -73,6 +73,20 @@ def parse_unknown(items, names: dict[int, str]) -> dict[str, list[int]]:
     return {c: sorted(v) for c, v in out.items()}
 
 
+def parse_pairs(items, names: dict[int, str]) -> list[tuple[int, int]]:
+    """['LABEL:LABEL', ...] -> [(id, id), ...] (two different organs each)."""
+    pairs = []
+    for item in items or []:
+        a, sep, b = item.partition(":")
+        if not sep or not a.strip() or not b.strip():
+            raise SystemExit(f"train: --pair {item!r} must look like LABEL:LABEL")
+        ids = (resolve_label(a, names), resolve_label(b, names))
+        if 0 in ids or ids[0] == ids[1]:
+            raise SystemExit(f"train: --pair {item!r} must name two different organs")
+        pairs.append(ids)
+    return pairs
+
+
 def parse_class_weights(items, names: dict[int, str]) -> list[float] | None:
     """['LABEL=W', ...] -> one cross-entropy weight per label id 0..max (1.0 where not named); None for none."""
     if not items:

@@ -59,7 +59,7 @@ class Trainer:
     def __init__(self, dataset: dict, spec: dict, *, epochs: int = 100, batch_size: int = 8, lr: float = 1e-3,
                  weight_decay: float = 1e-4, steps_per_epoch: int | None = None, augment: bool = True,
                  augment_cfg: dict = AUGMENT_DEFAULTS, sampling: str = "uniform", p_organ: float = 0.5,
-                 organ_slice_power: float = 0.0, class_weight=None,
+                 organ_slice_power: float = 0.0, pairs=(), p_pair: float = 0.0, class_weight=None,
                  device="cpu", seed: int = 0, precision: str = "fp32"):
         if sampling not in SAMPLERS:
             raise ValueError(f"sampling {sampling!r} is not one of {SAMPLERS}")
@@ -94,7 +94,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, self.total_steps))
         self.sampler = (UniformSampler(n, batch_size, seed) if sampling == "uniform"
-                        else OrganSampler(dataset["areas"], batch_size, seed, p_organ, organ_slice_power))
+                        else OrganSampler(dataset["areas"], batch_size, seed, p_organ, organ_slice_power,
+                                             pairs, p_pair))
         self.aug_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.step = 0
         self.history: list[dict] = []

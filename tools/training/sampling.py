@@ -43,10 +43,15 @@ class OrganSampler:
     kidney's poles, where it shows a small cross-section) come more often than its middle: p = 0.5 draws a
     slice with a quarter of another's cross-section twice as often.
 
+    pairs: label pairs (a, b) that a model confuses (the left kidney and the spleen); with p_pair > 0 an
+    organ-drawn sample is, with probability p_pair, instead a slice showing both organs of a pair drawn
+    uniformly (uniform over those slices), so the boundary between them comes more often. Without pairs the
+    draws are those of a sampler that has none.
+
     areas: (N, C) pixels per label per slice (organ_areas; column 0, background, is ignored)."""
 
     def __init__(self, areas: torch.Tensor, batch_size: int, seed: int, p_organ: float = 0.5,
-                 slice_power: float = 0.0):
+                 slice_power: float = 0.0, pairs=(), p_pair: float = 0.0):
         self.n, self.batch_size, self.p_organ = areas.shape[0], batch_size, float(p_organ)
         organs = [k for k in range(1, areas.shape[1]) if bool((areas[:, k] > 0).any())]
         self.slices_of = [torch.nonzero(areas[:, k] > 0).flatten() for k in organs]
@@ -54,6 +59,11 @@ class OrganSampler:
         self.cumulative_of = [None if slice_power == 0 else
                               torch.cumsum(areas[members, k].double() ** -float(slice_power), 0)
                               for k, members in zip(organs, self.slices_of)]
+        self.slices_of_pair = [torch.nonzero((areas[:, a] > 0) & (areas[:, b] > 0)).flatten() for a, b in pairs]
+        empty = [pair for pair, members in zip(pairs, self.slices_of_pair) if len(members) == 0]
+        if p_pair > 0 and empty:
+            raise ValueError(f"no training slice shows both labels of the pair(s) {empty}")
+        self.p_pair = float(p_pair) if pairs else 0.0
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> torch.Tensor:
@@ -69,6 +79,13 @@ class OrganSampler:
             else:                               # inverse CDF of the area weights
                 at = int(torch.searchsorted(cumulative, picks[i].double() * cumulative[-1], right=True))
                 out[i] = members[min(at, len(members) - 1)]
+        if self.p_pair > 0:                     # drawn only with pairs: a pairless run's stream is unchanged
+            by_pair = by_organ & (torch.rand(self.batch_size, generator=g) < self.p_pair)
+            which = torch.randint(len(self.slices_of_pair), (self.batch_size,), generator=g)
+            pair_picks = torch.rand(self.batch_size, generator=g)
+            for i in torch.nonzero(by_pair).flatten().tolist():
+                members = self.slices_of_pair[int(which[i])]
+                out[i] = members[min(int(pair_picks[i] * len(members)), len(members) - 1)]
         return out
 
     def state_dict(self) -> dict:
