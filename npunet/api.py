@@ -156,6 +156,10 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
     if report and not getattr(model, "weights_path", None):
         raise NpunetError("--report names the weights file the model came from, and this model was not loaded "
                           "from a file (give weights=, not model=)")
+    if tta and trained_without_mirrors(model):
+        print("npunet segment: warning: --tta: these weights were trained without left-right mirrors (their "
+              "training_config: p_flip 0), so every mirrored slice is new to them; on held-out patients --tta "
+              "lowered such weights' liver and spleen (weights/MODEL_CARD.md)", file=sys.stderr)
     warm_up = start_warm_up(model)               # kernels load (or compile, once) while the first CT is read
 
     results = []
@@ -170,6 +174,17 @@ def segment(input_path, output_path, *, weights=None, model=None, threads: int |
             print(f"npunet segment: {job.case}: error: {result.error}", file=sys.stderr)
         results.append(result)
     return results
+
+
+def trained_without_mirrors(model) -> bool:
+    """True when the weights' metadata records a training run (tools/train.py's training_config) that never
+    mirrored a slice left-right (augmentation off, or its p_flip 0 or absent: train.py had no flips before
+    --flip); False when it mirrored, or when the metadata says nothing (weights from elsewhere)."""
+    config = (getattr(model, "metadata", None) or {}).get("training_config")
+    if not isinstance(config, dict):
+        return False
+    augmentation = config.get("augmentation")
+    return not isinstance(augmentation, dict) or not augmentation.get("p_flip")
 
 
 def check_report_option(report) -> bool | str:

@@ -188,6 +188,21 @@ def test_threads_option(tmp_path, capsys, fake):
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
 
 
+@pytest.mark.parametrize("augmentation, warned", [({"p_flip": 0.0}, True), (None, True), ({}, True),
+                                                  ({"p_flip": 0.5}, False), ("no training_config", False)])
+def test_tta_warns_once_when_the_weights_never_saw_a_mirror(tmp_path, capsys, fake, augmentation, warned):
+    class Trained(FakeModel):
+        metadata = ({} if augmentation == "no training_config"
+                    else {"training_config": {"augmentation": augmentation}})
+    INJECTED["load_model"] = lambda weights=None: Trained()
+    inp = save(tmp_path / "ct_0000.nii.gz", small_ct())
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "o.nii.gz", "--quiet", "--tta")
+    assert rc == 0 and (tmp_path / "o.nii.gz").exists()
+    assert err.count("warning: --tta: these weights were trained without left-right mirrors") == int(warned), err
+    rc, _, err = run_cli(capsys, inp, "-o", tmp_path / "o.nii.gz", "--quiet", "--overwrite")
+    assert rc == 0 and "--tta" not in err                # no warning without --tta
+
+
 def test_non_hu_range_warns_and_continues(tmp_path, capsys, fake):
     inp = save(tmp_path / "norm_0000.nii.gz", np.random.default_rng(0).random((6, 7, 5)).astype(np.float32))
     rc, _, err = run_cli(capsys, inp, "-o", slash(tmp_path / "out"), "--quiet")
