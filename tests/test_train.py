@@ -352,8 +352,9 @@ def test_pair_sampling_draws_slices_that_show_both_organs():
         OrganSampler(areas, batch_size=8, seed=0, pairs=[(13, 2)], p_pair=0.5)
 
 
-@pytest.mark.parametrize("option, words", [(["--p-pair", "0.3"], "--p-pair 0.3 needs --sampling organs and at least one --pair"),
-                                           (["--sampling", "organs", "--p-pair", "2"], "--p-pair 2.0 is not in [0, 1]")])
+@pytest.mark.parametrize("option, words", [
+    (["--p-pair", "0.3"], "--p-pair 0.3 needs --sampling organs and at least one --pair"),
+    (["--sampling", "organs", "--p-pair", "2"], "--p-pair 2.0 is not in [0, 1]")])
 def test_pair_options_are_checked(option, words, tmp_path):
     with pytest.raises(SystemExit) as refused:
         train.main(["--output", str(tmp_path / "run"), *option])

@@ -285,7 +285,8 @@ def main(argv=None) -> int:
                           weight_decay=args.weight_decay, steps_per_epoch=args.steps_per_epoch,
                           augment=not args.no_augment, augment_cfg=augment_cfg, sampling=args.sampling,
                           p_organ=args.p_organ, organ_slice_power=args.organ_slice_power,
-                          pairs=pairs, p_pair=args.p_pair, class_weight=class_weight, device=args.device, seed=args.seed, precision=args.precision)
+                          pairs=pairs, p_pair=args.p_pair, class_weight=class_weight, device=args.device,
+                          seed=args.seed, precision=args.precision)
     except ValueError as e:                 # a recipe the data cannot serve (a --pair no slice shows)
         raise SystemExit(f"train: {e}") from None
     config = {**{k: _plain(v) for k, v in vars(args).items() if k not in ("resume", "output")},
