@@ -152,53 +152,69 @@ def _words(name: str) -> str:
 
 
 def _midline_x(volume_hu: np.ndarray, affine: np.ndarray) -> float | None:
-    """The world x (RAS+) of the centroid of the body (voxels above BODY_HU), summed a slab at a time."""
+    """The world x (RAS+) of the centroid of the body (voxels above BODY_HU), summed a slab at a time: per slab
+    its body voxels' count along z for each (x, y), whose row and column sums give the x and y profiles, and
+    its count per slice, the z profile."""
     sums, count = np.zeros(3), 0
-    nz = volume_hu.shape[2]
-    step = max(1, (1 << 22) // max(1, volume_hu.shape[0] * volume_hu.shape[1]))
+    nx, ny, nz = volume_hu.shape
+    step = max(1, (1 << 22) // max(1, nx * ny))
     for a in range(0, nz, step):
         body = np.asarray(volume_hu[:, :, a:a + step]) > BODY_HU
-        n = int(body.sum())
+        per_z = body.sum(axis=(0, 1), dtype=np.int64)
+        n = int(per_z.sum())
         if not n:
             continue
-        for axis in range(3):
-            other = tuple(i for i in range(3) if i != axis)
-            profile = body.sum(axis=other, dtype=np.int64)
-            index = np.arange(profile.size, dtype=np.float64) + (a if axis == 2 else 0)
-            sums[axis] += float(profile @ index)
+        plane = body.sum(axis=2, dtype=np.int64)                  # (x, y)
+        sums[0] += float(plane.sum(axis=1) @ np.arange(nx, dtype=np.float64))
+        sums[1] += float(plane.sum(axis=0) @ np.arange(ny, dtype=np.float64))
+        sums[2] += float(per_z @ (np.arange(per_z.size, dtype=np.float64) + a))
         count += n
     if not count:
         return None
     return float((affine @ np.append(sums / count, 1.0))[0])
 
 
-def _largest_parts(labels: np.ndarray, affine: np.ndarray, voxel_ml: float, organs: list[int]) -> dict[int, _Part]:
+def _largest_parts(labels: np.ndarray, affine: np.ndarray, voxel_ml: float, organs: list[int],
+                   largest=None) -> dict[int, _Part]:
     """{label: its largest 26-connected part} for each of `organs` present, each found inside the organ's
-    bounding box (scipy.ndimage.find_objects), so the cost follows the organs' size, not the image's."""
-    from scipy import ndimage
+    bounding box (npunet.kernels.morphology.label_boxes), so the cost follows the organs' size, not the
+    image's. largest(labels, k, box) -> (voxels, centroid, part_box): morphology.largest_part (Numba), or
+    largest_part_reference (scipy), which tests compare."""
     import nibabel as nib
-    boxes = ndimage.find_objects(labels)
+    from npunet.kernels.morphology import label_boxes, largest_part
+    largest = largest or largest_part
+    labels = np.asfortranarray(labels)
+    boxes = label_boxes(labels)
     codes = nib.aff2axcodes(affine)
     out = {}
     for k in organs:
-        if k > len(boxes) or boxes[k - 1] is None:
+        if k > 255 or boxes[k, 1] == 0:
             continue
-        box = boxes[k - 1]
-        mask = labels[box] == k
-        components, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-        if n > 1:
-            sizes = np.bincount(components.ravel())
-            sizes[0] = 0
-            mask = components == int(np.argmax(sizes))
-        voxels = int(mask.sum())
-        centroid = np.array([float((mask.sum(axis=tuple(j for j in range(3) if j != i), dtype=np.int64)
-                                    @ np.arange(mask.shape[i])) / voxels) + box[i].start for i in range(3)])
+        voxels, centroid, part_box = largest(labels, k, boxes[k])
         edges = []
         for i in range(3):
-            faces = ((0, box[i].start == 0), (-1, box[i].stop == labels.shape[i]))
-            for end, on_border in faces:
-                if on_border and np.take(mask, end, axis=i).any():
-                    code = codes[i] if end == -1 else OPPOSITE[codes[i]]
-                    edges.append(code)
+            if part_box[2 * i] == 0:                            # touches the first slice along axis i
+                edges.append(OPPOSITE[codes[i]])
+            if part_box[2 * i + 1] == labels.shape[i]:          # the last
+                edges.append(codes[i])
         out[k] = _Part(voxels, voxels * voxel_ml, (affine @ np.append(centroid, 1.0))[:3], edges)
     return out
+
+
+def largest_part_reference(labels: np.ndarray, k: int, box) -> tuple[int, np.ndarray, np.ndarray]:
+    """What morphology.largest_part computes, by scipy: the 26-connected parts of labels == k in the box
+    ([x0, x1, y0, y1, z0, z1)), numbered on the box's (z, y, x) view (so in the kernel's scan order); the
+    part of most voxels (the first of equal ones): its voxels, centroid (x, y, z) and own box in labels."""
+    from scipy import ndimage
+    x0, x1, y0, y1, z0, z1 = (int(v) for v in box)
+    mask = (labels[x0:x1, y0:y1, z0:z1] == k).transpose(2, 1, 0)
+    parts, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return 0, np.full(3, np.nan), np.array([x1, 0, y1, 0, z1, 0])
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    best = int(np.argmax(sizes))
+    zs, ys, xs = np.nonzero(parts == best)
+    xyz = (xs + x0, ys + y0, zs + z0)
+    centroid = np.array([int(c.sum(dtype=np.int64)) for c in xyz]) / int(sizes[best])
+    return int(sizes[best]), centroid, np.array([v for c in xyz for v in (int(c.min()), int(c.max()) + 1)])

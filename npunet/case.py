@@ -92,7 +92,7 @@ class CaseResult:
     read_seconds: float = 0.0
     segment_seconds: float = 0.0
     write_seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)     # segment's stages (npunet.pipeline)
+    timings: dict[str, float] = field(default_factory=dict)     # the pipeline's stages, then "anatomy"
     written: list[Path] = field(default_factory=list)
     slices: int | None = None                                   # axial slices segmented
     volumes_ml: dict[str, float] = field(default_factory=dict)  # organ name -> volume in mL
@@ -191,7 +191,9 @@ def run_case(job: Job, model, outputs: Outputs = Outputs(), *, batch_size: int =
                              if 0 < k < len(counts)}
         detail = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items() if v)
         log.say(f"{prefix}: segmented in {result.segment_seconds:.1f} s" + (f" ({detail})" if detail else ""))
+        t_checks = clock()
         checks = check_anatomy(labels, ct.volume, ct.affine, names)
+        result.timings["anatomy"] = clock() - t_checks
         result.anatomy = [c.as_dict() for c in checks]
         line = warning_line(checks)
         if line:

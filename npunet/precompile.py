@@ -98,12 +98,13 @@ def _conv_transpose2x2():
     conv_transpose2x2(_x(1, 8, 4, 4), _x(8, 4, 2, 2), _x(4))
 
 
-def _label_map():                  # as npunet.postprocess.close_labels and npunet.io.statistics call them
-    from npunet.kernels.morphology import close_label_box, label_boxes, label_counts
+def _label_map():                  # as npunet.postprocess.close_labels, npunet.io.statistics and npunet.anatomy
+    from npunet.kernels.morphology import close_label_box, label_boxes, label_counts, largest_part
     labels = np.zeros((3, 3, 3), np.uint8, order="F")        # Fortran order, as npunet.pipeline makes it
     labels[1, 1, 1] = 1
     close_label_box(labels, labels.copy(order="F"), 1, label_boxes(labels)[1], 1)
     label_counts(labels)
+    largest_part(labels, 1, label_boxes(labels)[1])
 
 
 def _concat():
@@ -127,7 +128,7 @@ EXERCISES = {
     "eca": _eca,                                            # 0.9
     "group_norm": _group_norm,                              # 0.9
     "max_pool": _max_pool,                                  # 0.6
-    "label_map": _label_map,                                # the closing and the label counts
+    "label_map": _label_map,                                # the closing, the label counts, the largest parts
     "concat": _concat,
 }
 

@@ -176,3 +176,69 @@ def test_statistics_carry_the_checks_and_labels_are_unchanged(data_dir, tmp_path
     assert rows["liver"]["at_image_edge"] == "superior" and rows["right_kidney"]["at_image_edge"] == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "anatomy check" in lines[0] and "liver (superior)" in lines[0]
+
+
+# ------------------------------------------------------------------ the largest part: Numba against scipy --
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_largest_part_equals_scipy_reference(seed, order):
+    """morphology.largest_part (a flood fill in Numba) and anatomy.largest_part_reference (scipy.ndimage.label)
+    find the same part (voxels, centroid, box), on random maps sparse enough to break into many parts, some of
+    equal size."""
+    from npunet.anatomy import largest_part_reference
+    from npunet.kernels.morphology import label_boxes, largest_part
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((23, 17, 11)) < [0.08, 0.2, 0.35, 0.5][seed % 4]).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.3] *= 2                  # a second label among the first
+    labels = np.asarray(labels, order=order)
+    boxes = label_boxes(labels)
+    for k in (1, 2):
+        voxels, centroid, box = largest_part(labels, k, boxes[k])
+        expected_voxels, expected_centroid, expected_box = largest_part_reference(labels, k, boxes[k])
+        assert voxels == expected_voxels > 0
+        assert np.array_equal(centroid, expected_centroid) and np.array_equal(box, expected_box)
+
+
+def test_largest_part_reaches_the_box_faces_and_a_single_voxel():
+    from npunet.kernels.morphology import largest_part
+    labels = np.zeros((6, 5, 4), np.uint8, order="F")
+    labels[:, 0, 0] = 3                                          # a part along the whole x edge (6 voxels)
+    labels[5, 4, 3] = 3                                          # one voxel in the far corner
+    voxels, centroid, box = largest_part(labels, 3, (0, 6, 0, 5, 0, 4))
+    assert voxels == 6 and np.array_equal(centroid, [2.5, 0, 0]) and list(box) == [0, 6, 0, 1, 0, 1]
+    voxels, centroid, box = largest_part(labels, 3, (5, 6, 4, 5, 3, 4))   # the corner voxel's own box
+    assert voxels == 1 and np.array_equal(centroid, [5, 4, 3]) and list(box) == [5, 6, 4, 5, 3, 4]
+    voxels, centroid, box = largest_part(labels, 3, (1, 4, 1, 4, 1, 3))   # a box without label 3
+    assert voxels == 0 and np.isnan(centroid).all()
+    with pytest.raises(ValueError, match="outside labels"):
+        largest_part(labels, 3, (0, 7, 0, 5, 0, 4))
+
+
+def test_checks_with_the_numba_parts_equal_those_with_scipy(data_dir):
+    """The whole check on a real label map (tsds_s0009, all 13 organs): the same parts, so the same centroids,
+    volumes and edges, with the kernel as with scipy."""
+    import npunet.anatomy as anatomy
+    volume, labels, affine = load(data_dir, "tsds_s0009")
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    ours = anatomy._largest_parts(labels, affine, voxel_ml, list(range(1, 14)))
+    theirs = anatomy._largest_parts(labels, affine, voxel_ml, list(range(1, 14)),
+                                    largest=anatomy.largest_part_reference)
+    assert sorted(ours) == sorted(theirs) and len(ours) >= 12
+    for k in ours:
+        assert ours[k].voxels == theirs[k].voxels and ours[k].edges == theirs[k].edges
+        assert np.array_equal(ours[k].centroid, theirs[k].centroid)
+    print(f"    tsds_s0009: {len(ours)} organs, largest parts {sum(p.voxels for p in ours.values())} voxels, identical")
+
+
+def test_midline_is_the_body_centroid_in_world_x():
+    """_midline_x, summed slab by slab through profiles, against the centroid of np.nonzero's coordinates (an
+    oblique affine, so that world x takes all three voxel axes; slabs of 16 slices with 1024x256 slices)."""
+    from npunet.anatomy import BODY_HU, _midline_x
+    rng = np.random.default_rng(5)
+    volume = np.full((1024, 256, 40), -1000.0, np.float32, order="F")
+    volume[200:700, 50:200, 3:37] = rng.uniform(-900, 200, (500, 150, 34))
+    affine = np.array([[0.7, 0.1, 0.2, -10], [0.05, 0.8, 0.0, 3], [0.1, 0.0, 2.5, 7], [0, 0, 0, 1]])
+    expected = (affine @ np.append(np.mean(np.nonzero(volume > BODY_HU), axis=1), 1.0))[0]
+    assert _midline_x(volume, affine) == pytest.approx(expected, rel=1e-12)
+    assert _midline_x(np.full((4, 4, 4), -1000.0, np.float32), affine) is None

@@ -33,3 +33,26 @@ def test_the_api_still_offers_everything():
         assert getattr(npunet, name) is not None
     from npunet import api
     assert api.label_names(npunet.load(), (1,)) == {0: "background", 1: "liver"}
+
+
+SEGMENT_CODE = """
+import json, sys
+import nibabel as nib
+import numpy as np
+from npunet import api
+ct, out = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+nib.save(nib.Nifti1Image(rng.integers(-200, 300, (64, 64, 5)).astype(np.int16), np.diag([1.5, 1.5, 3, 1])), ct)
+[result] = api.segment(ct, out, quiet=True)
+assert result.ok, result.error
+print("MODULES " + json.dumps(sorted(m for m in sys.modules if m.startswith("scipy.ndimage"))))
+"""
+
+
+def test_segmenting_a_file_imports_no_scipy_ndimage(tmp_path):
+    """The closing, the label counts and the anatomy checks' largest parts run in Numba: scipy.ndimage's
+    import (0.1-0.2 s) is not part of a case."""
+    out = subprocess.run([sys.executable, "-c", SEGMENT_CODE, str(tmp_path / "ct.nii.gz"),
+                          str(tmp_path / "labels.nii.gz")], cwd=str(REPO), capture_output=True, text=True,
+                         check=True, timeout=600).stdout
+    assert json.loads(out.split("MODULES ")[1].splitlines()[0]) == []

@@ -13,7 +13,8 @@ import pytest
 from tools import bench
 
 RECORD = {"engine": "npunet", "nz": 100, "wall_s": 4.0, "read": 0.4, "segment": 2.6, "write": 0.3,
-          "timings": {"preprocess": 0.1, "network": 1.8, "upsample_argmax": 0.3, "postprocess": 0.2},
+          "timings": {"preprocess": 0.1, "network": 1.8, "upsample_argmax": 0.3, "postprocess": 0.2,
+                      "anatomy": 0.15},
           "peak_rss_mib": 500.0}
 
 
@@ -24,7 +25,8 @@ def test_stage_table_adds_up_to_the_wall_time():
     assert table["network"] == 1.8 and table["read"] == 0.4
     assert table["preprocess_write"] == pytest.approx(0.1 + 0.3)
     assert table["rest"] == pytest.approx(2.6 - (0.1 + 1.8 + 0.3 + 0.2))
-    assert table["start-up"] == pytest.approx(4.0 - 0.4 - 2.6 - 0.3)
+    assert table["anatomy"] == 0.15                     # after the segment's time, before the write
+    assert table["start-up"] == pytest.approx(4.0 - 0.4 - 2.6 - 0.15 - 0.3)
     assert table["outside_network_share"] == pytest.approx(1 - 1.8 / 4.0)
 
 
@@ -43,7 +45,8 @@ def test_stage_table_of_a_tiny_case(tmp_path):
     ct = tmp_path / "tiny_0000.nii.gz"
     nib.save(nib.Nifti1Image(rng.integers(-200, 300, (64, 64, 5)).astype(np.int16), np.diag([1.5, 1.5, 3, 1])), ct)
     rec = bench.run_child("npunet_case", [str(ct), str(tmp_path / "out.nii.gz"), "--threads", "1"])
-    assert rec["rc"] == 0 and set(rec["timings"]) >= {"preprocess", "network", "upsample_argmax", "postprocess"}
+    assert rec["rc"] == 0 and set(rec["timings"]) >= {"preprocess", "network", "upsample_argmax", "postprocess",
+                                                      "anatomy"}
     table = bench.stage_table(rec)
     assert sum(table[k] for k, _ in bench.STAGES) == pytest.approx(table["wall"])
     assert all(table[k] >= 0 for k, _ in bench.STAGES if k != "start-up")

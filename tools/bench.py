@@ -238,6 +238,7 @@ STAGES = (("network", "network forward"),
           ("read", "read (gzip, checks)"),
           ("upsample_argmax", "upsample + argmax"),
           ("postprocess", "post-processing (closing)"),
+          ("anatomy", "anatomy checks (largest part of each organ, body midline)"),
           ("preprocess_write", "preprocess + write"),
           ("rest", "rest of segment (labels back to the input's order, checks, counts)"))
 
@@ -252,6 +253,7 @@ def stage_table(rec: dict) -> dict:
     pipeline = sum(t.get(k, 0.0) for k in ("preprocess", "network", "upsample_argmax", "postprocess"))
     stages = {"network": t.get("network", 0.0), "read": rec["read"],
               "upsample_argmax": t.get("upsample_argmax", 0.0), "postprocess": t.get("postprocess", 0.0),
+              "anatomy": t.get("anatomy", 0.0),
               "preprocess_write": t.get("preprocess", 0.0) + rec["write"],
               "rest": max(0.0, rec["segment"] - pipeline)}
     stages["start-up"] = rec["wall_s"] - sum(stages.values())
