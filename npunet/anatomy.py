@@ -210,7 +210,7 @@ def largest_part_reference(labels: np.ndarray, k: int, box) -> tuple[int, np.nda
     mask = (labels[x0:x1, y0:y1, z0:z1] == k).transpose(2, 1, 0)
     parts, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if n == 0:
-        return 0, np.full(3, np.nan), np.array([x1, 0, y1, 0, z1, 0])
+        return 0, np.full(3, np.nan), np.array([labels.shape[0], 0, labels.shape[1], 0, labels.shape[2], 0])
     sizes = np.bincount(parts.ravel())
     sizes[0] = 0
     best = int(np.argmax(sizes))

@@ -114,22 +114,22 @@ def _concat():
 
 # name -> a call of the public op(s) on tiny inputs, with the argument types the network and the pipeline
 # pass, so that Numba compiles (or loads) the kernel specialisation they run. In the order to compile them:
-# most expensive first (CPU seconds to compile, Intel Xeon family 6 model 167, 2026-12-06), so that the two
-# processes finish at about the same time.
+# most expensive first (seconds to compile each in turn in one process on an empty NUMBA_CACHE_DIR, Intel Xeon
+# family 6 model 167, 2026-12-06 23:30 UTC), so that the two processes finish at about the same time.
 EXERCISES = {
-    "winograd": _winograd,                                  # 8.0 s
-    "conv3x3": _conv3x3_direct,                             # 2.9
-    "pointwise": _pointwise,                                # 1.9 (its tile helper: 0.9 more, when alone)
-    "conv_transpose2x2": _conv_transpose2x2,
-    "upsample_argmax": _upsample_argmax,                    # 1.3
+    "winograd": _winograd,                                  # 9.5 s
+    "conv3x3": _conv3x3_direct,                             # 3.2
+    "label_map": _label_map,                                # 2.8: the closing, the label counts, the largest parts
+    "pointwise": _pointwise,                                # 1.8 (its tile helper: 0.9 more, when alone)
+    "conv_transpose2x2": _conv_transpose2x2,                # 1.8
+    "upsample_argmax": _upsample_argmax,                    # 1.4
+    "depthwise": _depthwise,                                # 1.4
     "bilinear": _bilinear,                                  # 1.3
-    "depthwise": _depthwise,                                # 1.1
-    "group_norm_coefficients": _group_norm_coefficients,    # 1.0
-    "eca": _eca,                                            # 0.9
-    "group_norm": _group_norm,                              # 0.9
+    "eca": _eca,                                            # 1.1
+    "group_norm_coefficients": _group_norm_coefficients,    # 1.1
+    "group_norm": _group_norm,                              # 1.0
+    "concat": _concat,                                      # 0.6
     "max_pool": _max_pool,                                  # 0.6
-    "label_map": _label_map,                                # the closing, the label counts, the largest parts
-    "concat": _concat,
 }
 
 

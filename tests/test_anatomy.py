@@ -210,7 +210,10 @@ def test_largest_part_reaches_the_box_faces_and_a_single_voxel():
     voxels, centroid, box = largest_part(labels, 3, (5, 6, 4, 5, 3, 4))   # the corner voxel's own box
     assert voxels == 1 and np.array_equal(centroid, [5, 4, 3]) and list(box) == [5, 6, 4, 5, 3, 4]
     voxels, centroid, box = largest_part(labels, 3, (1, 4, 1, 4, 1, 3))   # a box without label 3
-    assert voxels == 0 and np.isnan(centroid).all()
+    assert voxels == 0 and np.isnan(centroid).all() and list(box) == [6, 0, 5, 0, 4, 0]
+    from npunet.anatomy import largest_part_reference
+    voxels, centroid, box = largest_part_reference(labels, 3, (1, 4, 1, 4, 1, 3))
+    assert voxels == 0 and np.isnan(centroid).all() and list(box) == [6, 0, 5, 0, 4, 0]
     with pytest.raises(ValueError, match="outside labels"):
         largest_part(labels, 3, (0, 7, 0, 5, 0, 4))
 

@@ -209,33 +209,38 @@ def _largest_part_kernel(labels, k, x0, y0, z0, parts, summary):
                     top -= 1
                     i = stack[top]
                     voxels += 1
-                    for d in neighbours:                     # the border's zeros stop the flood at the box
+                    for j in range(26):                      # the border's zeros stop the flood at the box
+                        d = neighbours[j]
                         if flat[i + d] == -1:
                             flat[i + d] = n
                             stack[top] = i + d
                             top += 1
                 if voxels > best_voxels:
                     best, best_voxels = n, voxels
-    summary[:] = 0
-    summary[0] = best_voxels
-    summary[4], summary[6], summary[8] = x0 + nx, y0 + ny, z0 + nz
-    for z in range(nz):                                      # the largest part's sums and box
+    voxels, sx, sy, sz = 0, 0, 0, 0                          # the largest part's sums and box
+    bx0, bx1, by0, by1, bz0, bz1 = nx, 0, ny, 0, nz, 0
+    for z in range(nz):
         for y in range(ny):
             for x in range(nx):
                 if best and parts[z + 1, y + 1, x + 1] == best:
-                    summary[1] += x0 + x
-                    summary[2] += y0 + y
-                    summary[3] += z0 + z
-                    summary[4], summary[5] = min(summary[4], x0 + x), max(summary[5], x0 + x + 1)
-                    summary[6], summary[7] = min(summary[6], y0 + y), max(summary[7], y0 + y + 1)
-                    summary[8], summary[9] = min(summary[8], z0 + z), max(summary[9], z0 + z + 1)
+                    voxels += 1
+                    sx += x
+                    sy += y
+                    sz += z
+                    bx0, bx1 = min(bx0, x), max(bx1, x + 1)
+                    by0, by1 = min(by0, y), max(by1, y + 1)
+                    bz0, bz1 = min(bz0, z), max(bz1, z + 1)
+    summary[0], summary[1], summary[2], summary[3] = voxels, sx + voxels * x0, sy + voxels * y0, sz + voxels * z0
+    summary[4], summary[5], summary[6], summary[7] = x0 + bx0, x0 + bx1, y0 + by0, y0 + by1
+    summary[8], summary[9] = z0 + bz0, z0 + bz1
 
 
 def largest_part(labels, k, box):
     """labels (X, Y, Z) uint8, k a label value, box [x0, x1, y0, y1, z0, z1) (label_boxes' row k) -> (voxels,
     centroid, part_box) of the largest 26-connected part of labels == k in the box (of equal parts, the first
     met scanning x fastest): its voxel count, its centroid (3,) float64 in labels' voxel coordinates (x, y, z),
-    and its own box (6,) int64 (voxels 0, centroid NaN, when k is absent from the box)."""
+    and its own box (6,) int64 (voxels 0, centroid NaN and an empty box, as label_boxes', when k is absent from
+    the box)."""
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.dtype != np.uint8:
         raise ValueError(f"largest_part: labels must be a 3D uint8 array, got {labels.dtype} {labels.shape}")
@@ -246,5 +251,6 @@ def largest_part(labels, k, box):
     summary = np.empty(10, np.int64)
     _largest_part_kernel(np.asfortranarray(labels), np.uint8(k), x0, y0, z0, parts, summary)
     voxels = int(summary[0])
-    centroid = summary[1:4] / voxels if voxels else np.full(3, np.nan)
-    return voxels, centroid, summary[4:10].copy()
+    if not voxels:                                           # boxes of absent labels as label_boxes gives them
+        return 0, np.full(3, np.nan), np.array([labels.shape[0], 0, labels.shape[1], 0, labels.shape[2], 0])
+    return voxels, summary[1:4] / voxels, summary[4:10].copy()
