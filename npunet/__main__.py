@@ -4,10 +4,12 @@ start-up ends with one line and exit code 130 / 143 like at any other moment."""
 import sys
 
 from npunet import signals  # light: the standard library and npunet.errors only
+from npunet.resources import small_pages_for_large_arrays  # light too
 
 
 def run() -> int:
     signals.install()
+    small_pages_for_large_arrays()        # before NumPy is imported (npunet.resources says why)
     try:
         from npunet.cli import console
         signals.raise_pending()           # a signal whose exception an import swallowed

@@ -56,3 +56,28 @@ def test_segmenting_a_file_imports_no_scipy_ndimage(tmp_path):
                           str(tmp_path / "labels.nii.gz")], cwd=str(REPO), capture_output=True, text=True,
                          check=True, timeout=600).stdout
     assert json.loads(out.split("MODULES ")[1].splitlines()[0]) == []
+
+
+HUGEPAGE_CODE = """
+import os, sys
+from npunet.resources import small_pages_for_large_arrays
+print("IN_EFFECT", small_pages_for_large_arrays(), os.environ.get("NUMPY_MADVISE_HUGEPAGE"))
+import numpy as np
+core = getattr(np, "_core", None) or np.core
+print("NUMPY", int(core.multiarray._get_madvise_hugepage()))
+"""
+
+
+def test_the_command_asks_numpy_for_small_pages_unless_the_user_chose():
+    """npunet.resources.small_pages_for_large_arrays (called by the `npunet` command before NumPy loads): NumPy
+    then does not madvise huge pages; a user's own NUMPY_MADVISE_HUGEPAGE wins; once NumPy is imported it
+    changes nothing and says so."""
+    import os
+    from npunet.resources import small_pages_for_large_arrays
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    run = lambda environ: subprocess.run([sys.executable, "-c", HUGEPAGE_CODE], cwd=str(REPO), env=environ,
+                                         capture_output=True, text=True, check=True, timeout=300).stdout.split()
+    assert run(env) == ["IN_EFFECT", "True", "0", "NUMPY", "0"]
+    assert run(dict(env, NUMPY_MADVISE_HUGEPAGE="1")) == ["IN_EFFECT", "False", "1", "NUMPY", "1"]
+    mine = {}
+    assert small_pages_for_large_arrays(mine) is False and mine == {}        # NumPy is loaded in this process

@@ -10,6 +10,10 @@ import time
 
 t_start = time.perf_counter()
 
+from npunet.resources import small_pages_for_large_arrays  # noqa: E402
+
+small_pages_for_large_arrays()          # as the `npunet` command, before NumPy is imported
+
 from npunet import api, signals  # noqa: E402
 
 

@@ -8,6 +8,10 @@ import time
 
 t_start = time.perf_counter()
 
+from npunet.resources import small_pages_for_large_arrays  # noqa: E402
+
+small_pages_for_large_arrays()          # as npunet's own case, before NumPy is imported
+
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
