@@ -136,6 +136,7 @@ NIFTI_INPUTS = {
     "data offset past the end": (lambda t: ct_file(t, vox_offset=1e9), ["truncated"]),
     "scl_inter Inf": (lambda t: ct_file(t, scl_slope=2.0, scl_inter=np.inf), ["scl_inter"]),
     "values beyond float32": (_float_overflow, ["1 Inf"]),
+    "integers scaled beyond float32": (lambda t: ct_file(t, scl_slope=1e36), ["Inf voxels"]),
     "NIfTI pair header": (_pair_header, ["not a single-file NIfTI"]),
     "singular sform": (_singular_sform, ["affine is not invertible"]),
     "NaN in the sform": (lambda t: ct_file(t, srow_x=[np.nan, 0, 0, 0]), ["sform", "NaN"]),

@@ -519,3 +519,21 @@ def test_read_ct_multi_member_trailers_are_checked(tmp_path):
     with pytest.raises(InputError) as e:
         read_ct(path)
     assert_one_line_error(e, "multi.nii.gz", "trailer")
+
+
+def test_voxels_finite_by_construction_skip_only_safe_checks(tmp_path):
+    """check_voxels is skipped only when no voxel can be NaN or Inf once read: integers stored and a scaling
+    that stays within float32 (read from the proxy: nibabel clears the loaded header's scl_slope)."""
+    from npunet.io.nifti import _finite_by_construction
+    ints = save(tmp_path, "i.nii.gz", np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    assert _finite_by_construction(nib.load(ints).dataobj)
+    img = nib.load(ints)
+    img.header.set_slope_inter(2.0, -1024.0)
+    nib.save(img, tmp_path / "scaled.nii.gz")
+    assert _finite_by_construction(nib.load(tmp_path / "scaled.nii.gz").dataobj)
+    img.header.set_slope_inter(1e36, 0.0)                  # 32767 * 1e36 is Inf in float32
+    nib.save(img, tmp_path / "huge.nii.gz")
+    assert not _finite_by_construction(nib.load(tmp_path / "huge.nii.gz").dataobj)
+    floats = save(tmp_path, "f.nii.gz", np.zeros((2, 3, 4), np.float32))
+    assert not _finite_by_construction(nib.load(floats).dataobj)
+    assert _finite_by_construction(np.zeros(3, np.uint8)) and not _finite_by_construction(np.zeros(3, np.float64))
