@@ -39,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 from npunet import kernels as K
+from npunet.resources import advise_huge_pages
 from npunet.spec import Layer, expected_tensors, layer_plan
 from npunet.steps import Step, compile_steps
 
@@ -66,6 +67,14 @@ class LayerStep:
     gate: np.ndarray | None = None
     group_mean: np.ndarray | None = None
     group_std: np.ndarray | None = None
+
+
+def _reused_buffer(size: int) -> np.ndarray:
+    """A float32 arena array of `size`, backed by huge pages where Linux offers them (npunet.resources
+    .advise_huge_pages: every batch writes and reads it)."""
+    buffer = np.empty(size, np.float32)
+    advise_huge_pages(buffer)
+    return buffer
 
 
 @dataclass(frozen=True)
@@ -304,10 +313,10 @@ class Network:
             k = min(fits, key=lambda k: arena[k].size)
         elif free:
             k = max(free, key=lambda k: arena[k].size)
-            arena[k] = np.empty(need, np.float32)
+            arena[k] = _reused_buffer(need)
         else:
             k = len(arena)
-            arena.append(np.empty(need, np.float32))
+            arena.append(_reused_buffer(need))
         return arena[k][:need].reshape(shape)
 
     def _check_input(self, x) -> np.ndarray:

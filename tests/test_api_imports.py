@@ -81,3 +81,37 @@ def test_the_command_asks_numpy_for_small_pages_unless_the_user_chose():
     assert run(dict(env, NUMPY_MADVISE_HUGEPAGE="1")) == ["IN_EFFECT", "False", "1", "NUMPY", "1"]
     mine = {}
     assert small_pages_for_large_arrays(mine) is False and mine == {}        # NumPy is loaded in this process
+
+
+SMAPS_CODE = """
+import numpy as np
+from npunet.resources import advise_huge_pages
+
+def thp_eligible(a):
+    address = a.ctypes.data + a.nbytes // 2             # past the unadvised first page
+    lines = open("/proc/self/smaps").read().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            if lo <= address < hi:
+                return next(l.split()[1] for l in lines[i + 1:] if l.startswith("THPeligible:"))
+
+a = np.empty(8 << 20, np.uint8)
+before = thp_eligible(a)
+print("ADVISED", advise_huge_pages(a), before, thp_eligible(a), advise_huge_pages(np.empty(1000, np.uint8)))
+"""
+
+
+def test_reused_buffers_ask_for_huge_pages():
+    """With NumPy's own advice off (as the `npunet` command runs), a large array is not eligible for
+    transparent huge pages until advise_huge_pages marks it (what the network's layer buffers get); small
+    arrays are left alone."""
+    import os
+    import pytest
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not sys.platform.startswith("linux") or not mode.is_file() or "[madvise]" not in mode.read_text():
+        pytest.skip("needs Linux with transparent huge pages in 'madvise' mode")
+    out = subprocess.run([sys.executable, "-c", SMAPS_CODE], cwd=str(REPO), capture_output=True, text=True,
+                         env=dict(os.environ, NUMPY_MADVISE_HUGEPAGE="0"), check=True, timeout=300).stdout
+    assert out.split() == ["ADVISED", "True", "0", "1", "False"]
