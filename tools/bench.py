@@ -28,8 +28,8 @@ does and prints the case's own timings, npunet.case.CaseResult: read, segment, w
 stages), next to the same case through the torch forward (tools/bench_children/torch_case.py,
 tools/torch_pipeline.py). For each npunet case it prints what the user waits for, stage by stage: the wall
 time of the process, the network forward, the start-up (the wall time minus the stages: Python, imports,
-weights, the kernel cache), the read, the upsample + argmax, the post-processing, preprocess + write, the
-rest of segment, each with its share of the wall time, and the peak RSS (the child's own
+weights, the kernel cache), the read, the upsample + argmax, the post-processing, the anatomy checks,
+preprocess + write, the rest of segment, each with its share of the wall time, and the peak RSS (the child's own
 getrusage(RUSAGE_SELF).ru_maxrss at exit). --runs N times N runs per size and shows the one of median wall
 time. --startup times, in fresh subprocesses, the README's first command (`npunet segment` of ts_chest_0000)
 with an empty NUMBA_CACHE_DIR (compilation), the bare start-up (import, weights loaded and verified, one
