@@ -66,9 +66,9 @@ sys.exit(console(sys.argv[3:], load_model=load_model, segment_volume=segment_vol
 '''
 
 
-def small_ct(path: Path) -> Path:
+def small_ct(path: Path, slices: int = 8) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.random.default_rng(0).integers(-1000, 1200, (12, 10, 8)).astype(np.int16)
+    data = np.random.default_rng(0).integers(-1000, 1200, (12, 10, slices)).astype(np.int16)
     img = nib.Nifti1Image(data, np.diag([1.5, 1.5, 2.0, 1.0]))
     img.set_qform(img.affine, code=1)
     nib.save(img, path)
@@ -115,8 +115,10 @@ def test_signal_while_writing_removes_every_file(tmp_path, sig, code, words, mod
 @pytest.mark.parametrize("delay", [0.15, 0.4, 1.0])
 def test_ctrl_c_during_start_up(tmp_path, delay):
     """Ctrl-C while Python and npunet start (imports, weights, kernels): exit 130 and one line, whenever it
-    falls."""
-    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz")
+    falls. The CT has 160 slices (each one 192x192 forward, about 15 ms here) so that the run outlasts the
+    longest delay on a fast idle machine too (with 8 slices it had ended within 1.0 s, and the test skipped);
+    there the signal falls in the segmenting, which must end the same way."""
+    inp = small_ct(tmp_path / "in" / "ct_0000.nii.gz", slices=160)
     proc = subprocess.Popen([sys.executable, "-m", "npunet", "segment", str(inp), "-o", str(tmp_path / "o.nii.gz"),
                              "--weights", str(WEIGHTS)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
