@@ -79,3 +79,23 @@ def test_unknown_kernel_names_are_refused():
     from npunet.precompile import ensure
     with pytest.raises(ValueError, match="no kernel exercise named"):
         ensure(["winograd", "no_such_kernel"])
+
+
+OPT_PROBE = """
+import numba
+from npunet.kernels import _numba
+print("OPT", int(numba.config.OPT), _numba.BUILD_TAG)
+"""
+
+
+def test_kernels_compile_at_o1_unless_the_user_sets_numba_opt():
+    """npunet.kernels._numba sets LLVM -O1 when $NUMBA_OPT is unset, keeps the user's level otherwise, and the
+    level is part of the build tag (kernels compiled at one level are never loaded at another)."""
+    def probe(**extra):
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_OPT"} | extra
+        out = subprocess.run([sys.executable, "-c", OPT_PROBE], cwd=str(REPO), env=env, capture_output=True,
+                             text=True, check=True, timeout=300).stdout.split()
+        return int(out[1]), out[2]
+    default, user = probe(), probe(NUMBA_OPT="3")
+    assert default[0] == 1 and user[0] == 3
+    assert default[1] != user[1]
