@@ -77,7 +77,9 @@ def test_prepare_slices_equals_the_steps_one_by_one(shape, zs):
     from npunet.kernels import resize_bilinear
     from npunet.preprocess import DEFAULT_PREPROCESSING as P, normalize_hu, prepare_slices
     vol = np.random.default_rng(3).uniform(-1500, 2500, shape).astype(np.float32)
+    kept = vol.copy()
     got, win = prepare_slices(vol, zs, P)
+    assert np.array_equal(vol, kept)                    # normalised in place: its own copy, not the volume
     stack = normalize_hu(stack_25d(vol, zs, P["context_slices"]), P["hu_min"], P["hu_max"])
     square, want_win = pad_to_square(stack, P["pad_value"])
     want = resize_bilinear(square, P["input_size"], P["input_size"])
