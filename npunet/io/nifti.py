@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import stat
+import threading
 import zlib
 from pathlib import Path
 
@@ -104,8 +105,9 @@ def open_image(path: str | os.PathLike):
     sizes, codes, and the declared size against the file and the available memory), and then only the bytes
     the header declares are read or decompressed: a header claiming more than the file holds, or a gzip
     bomb, costs nothing. A gzipped file (told by its first bytes, whatever its name) is decompressed in
-    memory, in large zlib calls that let other threads run. nibabel's own messages are captured and folded
-    into the error. Raises InputError (or ResourceError) with one line naming the file."""
+    memory, in large zlib calls that let other threads run, while another thread takes the file's SHA-256.
+    nibabel's own messages are captured and folded into the error. Raises InputError (or ResourceError) with one
+    line naming the file."""
     path = Path(path)
     size = regular_file(path)
     try:
@@ -117,15 +119,25 @@ def open_image(path: str | os.PathLike):
             end = check_header(hdr, str(path), file_bytes=None if gz else size, gzip_bytes=size if gz else None)
             f.seek(0)
             blob = f.read() if gz else f.read(end)
-            digest = hashlib.sha256(blob)     # the bytes decoded, and the rest of the file (what sha256sum
+            digest = hashlib.sha256()         # the bytes decoded, and the rest of the file (what sha256sum
             size = len(blob)                  # prints): what a report vouches for
-            for block in iter(lambda: f.read(1 << 20), b""):
+            if not gz:
+                digest.update(blob)
+            for block in iter(lambda: f.read(1 << 20), b""):     # (a gzipped file was read whole)
                 digest.update(block)
                 size += len(block)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({one_line(exc, path)})") from None
+    if gz:      # hashed on the other core while it inflates (both release the GIL): 0.06-0.13 s of 72 MB
+        hashing = threading.Thread(target=digest.update, args=(blob,), name="npunet-input-sha256")
+        hashing.start()
+        try:
+            raw = _gunzip(blob, limit=end, name=path, whole=True)
+        finally:
+            hashing.join()
+    else:
+        raw = blob
     digest = {"name": path.name, "size": size, "sha256": digest.hexdigest()}
-    raw = _gunzip(blob, limit=end, name=path, whole=True) if gz else blob
     del blob
     if len(raw) < end:
         raise InputError(f"{path}: truncated or corrupt image data: the header declares {end:,} bytes of header "
