@@ -132,6 +132,14 @@ def _close_label_kernel(labels, out, k, x0, x1, y0, y1, z0, z1, r):
                     out[x, y, z] = k
 
 
+def _checked_box(box, shape, op):
+    """box [x0, x1, y0, y1, z0, z1) as six ints, each range non-empty and inside `shape`, else ValueError."""
+    x0, x1, y0, y1, z0, z1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= shape[0] and 0 <= y0 < y1 <= shape[1] and 0 <= z0 < z1 <= shape[2]):
+        raise ValueError(f"{op}: box {tuple(box)} is empty or outside labels {tuple(shape)}")
+    return x0, x1, y0, y1, z0, z1
+
+
 def close_label_box(labels, out, k, box, radius):
     """Fill out[v] = k where labels[v] == 0 and out[v] == 0 and the closing of (labels == k) by a cube of side
     2*radius + 1, computed on `box` ([x0, x1, y0, y1, z0, z1), label_boxes' row k) padded by radius with
@@ -141,9 +149,7 @@ def close_label_box(labels, out, k, box, radius):
             or out.shape != labels.shape or out.dtype != np.uint8:
         raise ValueError(f"close_label_box: labels and out must be 3D uint8 arrays of one shape, got "
                          f"{labels.dtype} {labels.shape} and {getattr(out, 'dtype', None)} {getattr(out, 'shape', None)}")
-    x0, x1, y0, y1, z0, z1 = (int(v) for v in box)
-    if not (0 <= x0 < x1 <= labels.shape[0] and 0 <= y0 < y1 <= labels.shape[1] and 0 <= z0 < z1 <= labels.shape[2]):
-        raise ValueError(f"close_label_box: box {tuple(box)} is empty or outside labels {labels.shape}")
+    x0, x1, y0, y1, z0, z1 = _checked_box(box, labels.shape, "close_label_box")
     _close_label_kernel(labels, out, np.uint8(k), x0, x1, y0, y1, z0, z1, int(radius))
     return out
 
@@ -217,20 +223,21 @@ def _largest_part_kernel(labels, k, x0, y0, z0, parts, summary):
                             top += 1
                 if voxels > best_voxels:
                     best, best_voxels = n, voxels
-    voxels, sx, sy, sz = 0, 0, 0, 0                          # the largest part's sums and box
+    sum_x, sum_y, sum_z = 0, 0, 0                            # the largest part's sums and box (in the box)
     bx0, bx1, by0, by1, bz0, bz1 = nx, 0, ny, 0, nz, 0
-    for z in range(nz):
-        for y in range(ny):
-            for x in range(nx):
-                if best and parts[z + 1, y + 1, x + 1] == best:
-                    voxels += 1
-                    sx += x
-                    sy += y
-                    sz += z
-                    bx0, bx1 = min(bx0, x), max(bx1, x + 1)
-                    by0, by1 = min(by0, y), max(by1, y + 1)
-                    bz0, bz1 = min(bz0, z), max(bz1, z + 1)
-    summary[0], summary[1], summary[2], summary[3] = voxels, sx + voxels * x0, sy + voxels * y0, sz + voxels * z0
+    if best:
+        for z in range(nz):
+            for y in range(ny):
+                for x in range(nx):
+                    if parts[z + 1, y + 1, x + 1] == best:
+                        sum_x += x
+                        sum_y += y
+                        sum_z += z
+                        bx0, bx1 = min(bx0, x), max(bx1, x + 1)
+                        by0, by1 = min(by0, y), max(by1, y + 1)
+                        bz0, bz1 = min(bz0, z), max(bz1, z + 1)
+    v = best_voxels
+    summary[0], summary[1], summary[2], summary[3] = v, sum_x + v * x0, sum_y + v * y0, sum_z + v * z0
     summary[4], summary[5], summary[6], summary[7] = x0 + bx0, x0 + bx1, y0 + by0, y0 + by1
     summary[8], summary[9] = z0 + bz0, z0 + bz1
 
@@ -244,9 +251,7 @@ def largest_part(labels, k, box):
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.dtype != np.uint8:
         raise ValueError(f"largest_part: labels must be a 3D uint8 array, got {labels.dtype} {labels.shape}")
-    x0, x1, y0, y1, z0, z1 = (int(v) for v in box)
-    if not (0 <= x0 < x1 <= labels.shape[0] and 0 <= y0 < y1 <= labels.shape[1] and 0 <= z0 < z1 <= labels.shape[2]):
-        raise ValueError(f"largest_part: box {tuple(box)} is empty or outside labels {labels.shape}")
+    x0, x1, y0, y1, z0, z1 = _checked_box(box, labels.shape, "largest_part")
     parts = np.zeros((z1 - z0 + 2, y1 - y0 + 2, x1 - x0 + 2), np.int32)
     summary = np.empty(10, np.int64)
     _largest_part_kernel(np.asfortranarray(labels), np.uint8(k), x0, y0, z0, parts, summary)
