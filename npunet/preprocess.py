@@ -142,7 +142,7 @@ def file_slice_order(shape: tuple, affine: np.ndarray, orientation: str = "RAS")
 def normalize_hu(x: np.ndarray, hu_min: float, hu_max: float, in_place: bool = False) -> np.ndarray:
     """Clip to [hu_min, hu_max] and map to [0, 1], float32: a new array, or x itself when in_place (x must then
     be a writeable float32 array; prepare_slices' slab, a fresh copy, saves an allocation and a pass: 4.6
-    against 6.9 ms per batch of 8 512x512 stacks)."""
+    against 6.9 ms per batch of 8 512x512 stacks, Intel Xeon family 6 model 167)."""
     if in_place:
         np.clip(x, np.float32(hu_min), np.float32(hu_max), out=x)
     else:

@@ -128,7 +128,8 @@ def open_image(path: str | os.PathLike):
                 size += len(block)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({one_line(exc, path)})") from None
-    if gz:      # hashed on the other core while it inflates (both release the GIL): 0.06-0.13 s of 72 MB
+    if gz:      # hashed on the other core while it inflates (both release the GIL): 0.06-0.13 s of 72 MB saved
+                # (a 512x512x300 CT, Intel Xeon family 6 model 167)
         hashing = threading.Thread(target=digest.update, args=(blob,), name="npunet-input-sha256")
         hashing.start()
         try:
@@ -281,8 +282,8 @@ def _finite_by_construction(dataobj) -> bool:
     """True when every voxel of `dataobj` (an image's nibabel array proxy, or an array) is a finite float32
     once read, whatever the file holds: integers stored, the proxy's slope and intercept finite, and the largest
     stored magnitude times the slope, plus the intercept, well within float32's range. check_voxels then has
-    nothing to find (it took 0.07 s for a 512x512x300 CT). nibabel keeps a file's scl_slope / scl_inter on
-    the proxy, not on the loaded image's header."""
+    nothing to find (it took 0.07 s for a 512x512x300 CT on an Intel Xeon family 6 model 167). nibabel keeps a
+    file's scl_slope / scl_inter on the proxy, not on the loaded image's header."""
     stored = np.dtype(getattr(dataobj, "dtype", object))
     if stored.kind not in "iu":
         return False
@@ -291,7 +292,8 @@ def _finite_by_construction(dataobj) -> bool:
     if not (np.isfinite(slope) and np.isfinite(inter)):
         return False
     info = np.iinfo(stored)
-    return abs(slope) * max(abs(int(info.min)), abs(int(info.max))) + abs(inter) < float(np.finfo(np.float32).max) / 2
+    largest = abs(slope) * max(abs(int(info.min)), abs(int(info.max))) + abs(inter)
+    return largest < float(np.finfo(np.float32).max) / 2
 
 
 # ------------------------------------------------------------------------------------------- writing --
