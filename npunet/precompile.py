@@ -120,9 +120,9 @@ EXERCISES = {
     "winograd": _winograd,                                  # 9.5 s
     "conv3x3": _conv3x3_direct,                             # 3.2
     "label_map": _label_map,                                # 2.8: the closing, the label counts, the largest parts
+    "upsample_argmax": _upsample_argmax,                    # 2.1 with its sure labels (2026-12-07 01:40 UTC)
     "pointwise": _pointwise,                                # 1.8 (its tile helper: 0.9 more, when alone)
     "conv_transpose2x2": _conv_transpose2x2,                # 1.8
-    "upsample_argmax": _upsample_argmax,                    # 1.4
     "depthwise": _depthwise,                                # 1.4
     "bilinear": _bilinear,                                  # 1.3
     "eca": _eca,                                            # 1.1

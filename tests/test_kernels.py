@@ -464,6 +464,69 @@ def test_upsample_argmax_ties_first_index_wins():
     np.testing.assert_array_equal(fast, torch.argmax(up, 1).numpy()[:, 3:23, 2:17])
 
 
+def _upsample_argmax_float32(logits, out_h, out_w):
+    """upsample_argmax in full, by NumPy: every class upsampled with the kernel's float32 operations in its
+    order (along W, then the blend along H; NumPy's float32 products and sums round as Numba's, no FMA), then
+    np.argmax (the first index wins ties, the first NaN wins). The kernel must give these labels exactly."""
+    h, w = logits.shape[2:]
+    iy0, iy1, ly0, ly1 = K.bilinear_source_index(h, out_h)
+    ix0, ix1, lx0, lx1 = K.bilinear_source_index(w, out_w)
+    with np.errstate(invalid="ignore", over="ignore"):
+        rows = logits[:, :, :, ix0] * lx0 + logits[:, :, :, ix1] * lx1
+        up = rows[:, :, iy0, :] * ly0[:, None] + rows[:, :, iy1, :] * ly1[:, None]
+    return np.argmax(up, axis=1).astype(np.uint8)
+
+
+def _argmax_logits(kind, rng):
+    """Logits on which a shortcut of upsample_argmax could go wrong."""
+    if kind == "one-ulp ties":          # class 1 one float32 step above class 0: rounding makes ties, won by 0
+        lg = np.full((2, 4, 24, 21), -50.0, np.float32)
+        lg[:, 0] = rng.uniform(1, 100, (2, 24, 21))
+        lg[:, 1] = np.nextafter(lg[:, 0], np.float32(np.inf))
+        return lg
+    if kind == "blocks":                # constant regions (the sure labels) with tiny gaps mixed in
+        lg = np.repeat(np.repeat(rng.standard_normal((2, 6, 7, 6)), 4, 2), 4, 3).astype(np.float32)
+        lg[:, 3] = lg[:, 2] + rng.choice([0.0, 3e-8, 1e-7, -1e-7, 1e-3], size=lg[:, 2].shape).astype(np.float32)
+        return lg
+    lg = rng.standard_normal((2, 5, 17, 19)).astype(np.float32)
+    if kind == "nan and inf":
+        lg[rng.random(lg.shape) < 0.02] = np.nan
+        lg[rng.random(lg.shape) < 0.02] = np.inf
+        lg[rng.random(lg.shape) < 0.02] = -np.inf
+    elif kind == "subnormal":
+        lg *= np.float32(1e-40)
+    elif kind == "huge":                # beyond SURE_MAX: every pixel in full; products near overflow, some inf
+        with np.errstate(over="ignore"):
+            lg *= np.float32(3e38)
+    elif kind == "large ties":
+        lg *= np.float32(1e30)
+        lg[:, 3] = lg[:, 1]
+    return lg
+
+
+@pytest.mark.parametrize("kind", ["one-ulp ties", "blocks", "nan and inf", "subnormal", "huge", "large ties",
+                                  "random"])
+def test_upsample_argmax_is_the_float32_arithmetic_in_full(kind):
+    """upsample_argmax labels a pixel whose four source pixels share a clear argmax without upsampling every
+    class (resample._sure_labels): it must still give exactly the labels of the full computation."""
+    logits = _argmax_logits(kind, np.random.default_rng(13))
+    worst = 0
+    for out_h, out_w in ((61, 67), (40, 41), (5, 90)):
+        fast = K.upsample_argmax(logits, out_h, out_w)
+        worst = max(worst, int((fast != _upsample_argmax_float32(logits, out_h, out_w)).sum()))
+    print(f"\n  upsample_argmax {kind} {logits.shape}: {worst} pixels differ from the float32 arithmetic", end="")
+    assert worst == 0
+
+
+def test_upsample_argmax_with_256_classes():
+    rng = np.random.default_rng(14)
+    logits = rng.standard_normal((1, 256, 6, 5)).astype(np.float32)
+    logits[0, 255, :3] += 10.0                              # label 255 (the sure labels' "unsure" code) wins here
+    fast = K.upsample_argmax(logits, 13, 11)
+    np.testing.assert_array_equal(fast, _upsample_argmax_float32(logits, 13, 11))
+    assert (fast == 255).any()
+
+
 def test_upsample_argmax_rejects_bad_crop():
     logits = np.zeros((1, 3, 4, 4), np.float32)
     with pytest.raises(ValueError, match="does not fit"):
