@@ -98,7 +98,7 @@ def regular_file(path: Path) -> int:
     return st.st_size
 
 
-def open_image(path: str | os.PathLike):
+def open_image(path: str | os.PathLike, float32: bool = False):
     """The single-file NIfTI-1/2 image in `path`, its voxels in memory (as stored, not yet converted).
 
     The header is read and checked first (npunet.io.validate.check_header: data type, dimensions, voxel
@@ -107,7 +107,11 @@ def open_image(path: str | os.PathLike):
     bomb, costs nothing. A gzipped file (told by its first bytes, whatever its name) is decompressed in
     memory, in large zlib calls that let other threads run, while another thread takes the file's SHA-256.
     nibabel's own messages are captured and folded into the error. Raises InputError (or ResourceError) with one
-    line naming the file."""
+    line naming the file.
+
+    float32=True: returns (image, voxels) instead, voxels being what image.get_fdata(dtype=np.float32) gives
+    (VoxelsAsFloat32); for a gzipped file they are converted piece by piece on a third thread while the rest
+    inflates, and the image holds only the header (its data is never read from it)."""
     path = Path(path)
     size = regular_file(path)
     try:
@@ -128,21 +132,29 @@ def open_image(path: str | os.PathLike):
                 size += len(block)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({one_line(exc, path)})") from None
+    voxels = None
     if gz:      # hashed on the other core while it inflates (both release the GIL): 0.06-0.13 s of 72 MB saved
                 # (a 512x512x300 CT, Intel Xeon family 6 model 167)
         hashing = threading.Thread(target=digest.update, args=(blob,), name="npunet-input-sha256")
         hashing.start()
+        voxels = VoxelsAsFloat32(hdr, end) if float32 else None
         try:
-            raw = _gunzip(blob, limit=end, name=path, whole=True)
+            raw = _gunzip(blob, limit=end, name=path, whole=True, sink=voxels and voxels.take)
+            if voxels is not None:
+                raw = voxels.finish()         # the header's bytes; a conversion's error is raised here
         finally:
             hashing.join()
+            if voxels is not None:
+                voxels.close()
+        decompressed = voxels.received if voxels is not None else len(raw)
     else:
         raw = blob
+        decompressed = len(raw)
     digest = {"name": path.name, "size": size, "sha256": digest.hexdigest()}
     del blob
-    if len(raw) < end:
+    if decompressed < end:
         raise InputError(f"{path}: truncated or corrupt image data: the header declares {end:,} bytes of header "
-                         f"and voxels, the {'decompressed ' if gz else ''}file has {len(raw):,}")
+                         f"and voxels, the {'decompressed ' if gz else ''}file has {decompressed:,}")
     klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
     with captured() as notes:
         try:
@@ -151,10 +163,101 @@ def open_image(path: str | os.PathLike):
             raise InputError(notes.fold(f"{path}: not a readable NIfTI image ({one_line(exc, path)})")) from None
     img.set_filename(str(path))   # the voxels stay in memory; the name is kept for messages and for
     img.extra[INPUT_FILES] = [digest]     # refusing to write over the input
-    return img
+    if not float32:
+        return img
+    if voxels is None:                # not gzipped: nibabel converts the bytes in memory
+        with np.errstate(all="ignore"), captured():
+            return img, np.asarray(img.get_fdata(dtype=np.float32))
+    return img, voxels.data.reshape(img.shape, order="F")
 
 
-def _gunzip(data: bytes, limit: int, name, whole: bool = False, inflate=None) -> bytes:
+class VoxelsAsFloat32:
+    """The sink of _gunzip for an image's decompressed bytes: the first vox_offset of them (header and
+    extensions) are kept, the voxels after them are converted to float32 into one array (`data`, in file
+    order) as nibabel's get_fdata(dtype=np.float32) converts them: the stored type, then the proxy's slope and
+    intercept applied by nibabel's own apply_read_scaling with the same dtype choices as its ArrayProxy
+    (_scaled_float32). Each piece is converted on a worker thread while the next one inflates (numpy and
+    the inflater both release the GIL), so the whole decompressed file is never held, nor copied into
+    nibabel's array and converted after."""
+
+    PIECE = 4 * 2**20                  # stored bytes converted per step (a few MB: the temporaries stay small)
+
+    def __init__(self, header, end: int):
+        proxy = nib.arrayproxy.ArrayProxy(None, header)      # what nibabel would read the voxels with
+        self.stored = proxy.dtype
+        self.slope, self.inter = proxy.slope, proxy.inter
+        self.offset = int(header.get_data_offset())
+        self.end = end
+        self.data = np.empty(int(np.prod(proxy.shape, dtype=np.int64)), np.float32)
+        self.head = bytearray()
+        self.carry = b""               # the bytes of a voxel split between two pieces
+        self.filled = 0                # voxels converted (or queued)
+        self.received = 0
+        self.jobs: list = []
+        from concurrent.futures import ThreadPoolExecutor
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npunet-voxels-float32")
+
+    def take(self, piece) -> None:
+        piece = memoryview(piece)
+        self.received += len(piece)
+        if len(self.head) < self.offset:
+            n = min(self.offset - len(self.head), len(piece))
+            self.head += piece[:n]
+            piece = piece[n:]
+        room = (self.data.size - self.filled) * self.stored.itemsize - len(self.carry)
+        piece = piece[:max(room, 0)]   # bytes past the voxels (a NIfTI file's slack) are not voxels
+        if self.carry and len(piece):
+            n = self.stored.itemsize - len(self.carry)
+            joined, piece = bytes(self.carry) + bytes(piece[:n]), piece[n:]
+            self.carry = b""
+            if len(joined) < self.stored.itemsize:
+                self.carry = joined
+            else:
+                self._convert(joined)
+        whole = len(piece) - len(piece) % self.stored.itemsize
+        step = max(self.PIECE - self.PIECE % self.stored.itemsize, self.stored.itemsize)
+        for start in range(0, whole, step):
+            self._convert(piece[start:min(whole, start + step)])
+        if whole < len(piece):
+            self.carry = bytes(piece[whole:])
+
+    def _convert(self, stored_bytes) -> None:
+        raw = np.frombuffer(stored_bytes, self.stored)
+        at = self.filled
+        self.filled += raw.size
+        self.jobs.append(self.pool.submit(self._write, raw, at))
+
+    def _write(self, raw, at: int) -> None:
+        self.data[at:at + raw.size] = _scaled_float32(raw, self.slope, self.inter)
+
+    def finish(self) -> bytes:
+        """The header's bytes, once every piece is converted (a conversion's exception is raised here)."""
+        for job in self.jobs:
+            job.result()
+        return bytes(self.head)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _scaled_float32(raw: np.ndarray, slope, inter) -> np.ndarray:
+    """Stored voxels -> float32 as nibabel's ArrayProxy.__array__(dtype=np.float32) does (_get_scaled, then
+    astype): slope and intercept made float32 where they fit, applied by nibabel.volumeutils.apply_read_scaling
+    (which picks a wider float type for integers that would overflow), the result cast to float32.
+    Elementwise, so a piece at a time gives the whole array's values (tests compare with get_fdata)."""
+    from nibabel.volumeutils import apply_read_scaling
+    slope, inter = np.asanyarray(slope), np.asanyarray(inter)
+    if np.can_cast(slope, np.float32):
+        slope = slope.astype(np.float32)
+    if np.can_cast(inter, np.float32):
+        inter = inter.astype(np.float32)
+    with np.errstate(all="ignore"):
+        scaled = apply_read_scaling(raw, slope, inter)
+        scaled = scaled.astype(np.promote_types(scaled.dtype, np.float32), copy=False)
+        return scaled.astype(np.float32, copy=False)
+
+
+def _gunzip(data: bytes, limit: int, name, whole: bool = False, inflate=None, sink=None) -> bytes:
     """The first `limit` decompressed bytes of gzip data (fewer if it ends sooner), over every member (bgzip
     writes many), trailing zeros ignored; never keeps more than `limit`. inflate: a module with zlib's
     decompressobj (default INFLATE: ISA-L's when the `fast` extra is installed, else zlib; the same bytes).
@@ -164,12 +267,14 @@ def _gunzip(data: bytes, limit: int, name, whole: bool = False, inflate=None) ->
     decompressed past `limit` are counted and dropped (at most `limit` of them: more is not a NIfTI file's
     slack). A stream that stops before or inside a trailer, a CRC or a length that does not match, is an
     InputError: the image is refused rather than read from a file that is not whole (the report's input digest
-    vouches for a file read whole and intact)."""
+    vouches for a file read whole and intact). sink: a function that takes each decompressed piece in turn
+    instead (VoxelsAsFloat32.take); b"" is then returned."""
     inflate = inflate or INFLATE
     errors = (zlib.error, inflate.error) if inflate is not zlib else zlib.error
     parts, total, pos, extra = [], 0, 0, 0
     view = memoryview(data)
     stream, pending = inflate.decompressobj(wbits=31), b""
+    chunk_out = limit if sink is None else GZIP_CHUNK // 4     # a sink converts while the next piece inflates
     try:
         while total < limit or whole:
             if not pending:
@@ -177,8 +282,11 @@ def _gunzip(data: bytes, limit: int, name, whole: bool = False, inflate=None) ->
                     break
                 pending, pos = view[pos:pos + GZIP_CHUNK], pos + GZIP_CHUNK
             if total < limit:
-                piece = stream.decompress(pending, limit - total)
-                parts.append(piece)
+                piece = stream.decompress(pending, min(limit - total, chunk_out))
+                if sink is None:
+                    parts.append(piece)
+                else:
+                    sink(piece)
                 total += len(piece)
             else:                                           # past the image: check, count and drop
                 extra += len(stream.decompress(pending, GZIP_CHUNK))
@@ -198,6 +306,8 @@ def _gunzip(data: bytes, limit: int, name, whole: bool = False, inflate=None) ->
                  else "before the end of the image data")
         raise InputError(f"{name}: truncated gzip data: the stream stops {where}; the file is not whole "
                          f"(an interrupted copy or download?)")
+    if sink is not None:
+        return b""
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -227,15 +337,20 @@ def read_ct(path: str | os.PathLike, assume_orientation: str | None = None) -> n
     checks are npunet.io.validate's.
     """
     path = Path(path)
-    img = open_image(path)
-    check_orientation(img.header, str(path), assume_orientation)
-    img = _three_d(img, str(path))
     try:
-        with np.errstate(all="ignore"), captured():
-            data = np.asarray(img.get_fdata(dtype=np.float32))
+        img, data = open_image(path, float32=True)
     except (EOFError, zlib.error, ValueError, OSError) as exc:
         raise InputError(f"{path}: truncated or corrupt image data ({one_line(exc, path)})") from None
-    return _in_memory(img, data, str(path))
+    check_orientation(img.header, str(path), assume_orientation)
+    stored = img.dataobj                      # the proxy (never read): its type and scaling tell _in_memory
+    if len(img.shape) > 3:                    # whether the voxels can hold NaN or Inf; a 4D image is sliced
+        img = type(img)(data, img.affine, img.header, extra=dict(img.extra))     # in memory, not the proxy
+        img.set_filename(str(path))
+        img = _three_d(img, str(path))
+        data = np.asarray(img.dataobj)
+    else:
+        img = _three_d(img, str(path))
+    return _in_memory(img, data, str(path), stored=stored)
 
 
 def validate_image(img: nib.spatialimages.SpatialImage, name: str = "image",
@@ -266,8 +381,8 @@ def _three_d(img, name: str):
     return img
 
 
-def _in_memory(img, data: np.ndarray, name: str) -> nib.Nifti1Image:
-    if not _finite_by_construction(img.dataobj):
+def _in_memory(img, data: np.ndarray, name: str, stored=None) -> nib.Nifti1Image:
+    if not _finite_by_construction(img.dataobj if stored is None else stored):
         check_voxels(data, name)
     header = img.header.copy()
     header.set_data_dtype(np.float32)
