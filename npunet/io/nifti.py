@@ -186,6 +186,10 @@ class VoxelsAsFloat32:
         proxy = nib.arrayproxy.ArrayProxy(None, header)      # what nibabel would read the voxels with
         self.stored = proxy.dtype
         self.slope, self.inter = proxy.slope, proxy.inter
+        # no scaling (slope 1, intercept 0: most CTs store HU as int16): nibabel casts the stored values, in one
+        # rounding but for 64-bit integers (through float64 first)
+        self.cast_only = (float(self.slope), float(self.inter)) == (1.0, 0.0) and (
+            self.stored.kind == "f" or self.stored.itemsize <= 4)
         self.offset = int(header.get_data_offset())
         self.end = end
         self.data = np.empty(int(np.prod(proxy.shape, dtype=np.int64)), np.float32)
@@ -228,7 +232,11 @@ class VoxelsAsFloat32:
         self.jobs.append(self.pool.submit(self._write, raw, at))
 
     def _write(self, raw, at: int) -> None:
-        self.data[at:at + raw.size] = _scaled_float32(raw, self.slope, self.inter)
+        out = self.data[at:at + raw.size]
+        if self.cast_only:
+            np.copyto(out, raw, casting="unsafe")  # astype(np.float32), without its temporary array
+        else:
+            out[...] = _scaled_float32(raw, self.slope, self.inter)
 
     def finish(self) -> bytes:
         """The header's bytes, once every piece is converted (a conversion's exception is raised here)."""
