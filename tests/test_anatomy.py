@@ -200,6 +200,39 @@ def test_largest_part_equals_scipy_reference(seed, order):
         assert np.array_equal(centroid, expected_centroid) and np.array_equal(box, expected_box)
 
 
+@pytest.mark.parametrize("shape,density", [((64, 48, 40), 0.28), ((200, 9, 7), 0.45), ((5, 80, 70), 0.3)])
+def test_largest_part_on_larger_maps_equals_scipy_reference(shape, density):
+    """Runs long and short, parts that meet only at a corner (x, y and z at once) and branches that join late
+    (the union-find's roots): the same part as scipy's labelling, on maps of some size in F order."""
+    from npunet.anatomy import largest_part_reference
+    from npunet.kernels.morphology import label_boxes, largest_part
+    rng = np.random.default_rng(int(sum(shape)))
+    labels = np.asfortranarray((rng.random(shape) < density).astype(np.uint8) * 7)
+    diagonal = np.zeros(shape, bool)                          # a chain of voxels touching only at corners
+    steps = min(shape)
+    diagonal[np.arange(steps), np.arange(steps), np.arange(steps)] = True
+    labels[diagonal] = 9
+    boxes = label_boxes(labels)
+    for k in (7, 9):
+        got = largest_part(labels, k, boxes[k])
+        want = largest_part_reference(labels, k, boxes[k])
+        assert got[0] == want[0] > 0
+        assert np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2])
+    assert largest_part(labels, 9, boxes[9])[0] == steps      # the corner-touching chain is one part
+
+
+def test_largest_part_of_equal_parts_is_the_first_met():
+    """Two parts of 8 voxels: A, a column along z met first (and last), B met in between; A wins, as the
+    first in scipy's numbering."""
+    from npunet.anatomy import largest_part_reference
+    from npunet.kernels.morphology import largest_part
+    labels = np.zeros((10, 3, 8), np.uint8, order="F")
+    labels[0, 0, :] = 4                                           # A: x 0, y 0, z 0..7
+    labels[2:6, 2, 3:5] = 4                                       # B: x 2..5, y 2, z 3..4 (two voxels from A)
+    got, want = largest_part(labels, 4, (0, 10, 0, 3, 0, 8)), largest_part_reference(labels, 4, (0, 10, 0, 3, 0, 8))
+    assert got[0] == want[0] == 8 and list(got[2]) == list(want[2]) == [0, 1, 0, 1, 0, 8]
+
+
 def test_largest_part_reaches_the_box_faces_and_a_single_voxel():
     from npunet.kernels.morphology import largest_part
     labels = np.zeros((6, 5, 4), np.uint8, order="F")

@@ -19,12 +19,14 @@ The closing is a dilation then an erosion, each separable into three 1D max (min
 x, y and z, with 0 outside the padded box: the same values as scipy.ndimage.maximum_filter / minimum_filter
 (size 2r+1, mode "constant", cval 0) on the padded box, which npunet.postprocess's reference uses. All of it is
 0/1 arithmetic, exact; tests/test_postprocess.py compares the two on random label maps and a real one.
-The largest part is a flood fill: scanning the box x fastest, then y, then z, each voxel of k not yet in a
-part starts a new one, grown through its 26 neighbours with a stack of voxel indices; parts are numbered in
-the order the scan meets them, as scipy.ndimage.label numbers them on the box's (z, y, x) view, and of parts
-of equal size the first met wins (as np.argmax over their sizes).
-Serial (a case has a few organs, each box a few million voxels: 0.05 s for a 512x512x100 map against 0.2 s
-for scipy), one pass over the map for the boxes.
+The largest part is found on runs: the voxels of k along x in each row (y, z) of the box, numbered in scan
+order (x fastest, then y, then z); runs of neighbouring rows (y-1 in the same z, and y-1 .. y+1 in z-1) whose
+x-ranges overlap or touch at a corner are 26-connected and joined (union-find, the lower run the root). A
+part is then numbered by its first run, the order in which scipy.ndimage.label numbers parts on the box's
+(z, y, x) view, and of parts of equal size the first met wins (as np.argmax over their sizes). Its voxels,
+sums and box come from its runs, without visiting its voxels again. Serial: 0.044-0.049 s for the 13 organs
+of a 512x512x300 map whose liver is one part of 5.4 million voxels, against 0.29-0.31 s for the flood fill
+it replaced (26 neighbours visited per voxel) and more for scipy (Intel Xeon family 6 model 167).
 """
 
 import numpy as np
@@ -176,70 +178,104 @@ def label_counts(labels):
     return counts
 
 
+@helper
+def _find(parent, r):
+    """The root of run r (the first run of its part), halving the path on the way."""
+    while parent[r] != r:
+        parent[r] = parent[parent[r]]
+        r = parent[r]
+    return r
+
+
+@helper
+def _join_rows(parent, starts, ends, a0, a1, b0, b1):
+    """Union the runs a0..a1-1 of one row with the runs b0..b1-1 of a neighbouring row (26-connected: their
+    x-ranges overlap or touch at a corner), walking both rows' runs in x order; the lower root stays root."""
+    i, j = a0, b0
+    while i < a1 and j < b1:
+        if starts[i] <= ends[j] and starts[j] <= ends[i]:     # [start, end) ranges, one voxel apart at most
+            ri, rj = _find(parent, i), _find(parent, j)
+            if ri < rj:
+                parent[rj] = ri
+            elif rj < ri:
+                parent[ri] = rj
+        if ends[i] < ends[j]:
+            i += 1
+        else:
+            j += 1
+
+
 @serial_kernel
-def _largest_part_kernel(labels, k, x0, y0, z0, parts, summary):
-    # labels: (X, Y, Z) uint8; parts: (nz + 2, ny + 2, nx + 2) int32, zeros: the box from (x0, y0, z0) as
-    # (z, y, x) with a border of zeros, filled with part numbers 1, 2, ... (0: not k); summary: (10,) int64 out,
-    # the largest part's voxels, its sums of x, y and z, and its box [x0, x1, y0, y1, z0, z1) in labels.
-    nz, ny, nx = parts.shape[0] - 2, parts.shape[1] - 2, parts.shape[2] - 2
-    count = 0
-    for z in range(nz):                                      # -1: a voxel of k not yet in a part
-        for y in range(ny):
-            for x in range(nx):
-                if labels[x0 + x, y0 + y, z0 + z] == k:
-                    parts[z + 1, y + 1, x + 1] = -1
-                    count += 1
-    flat = parts.ravel()
-    stack = np.empty(count, np.int64)                        # each voxel is pushed once: when it joins a part
-    sy, sz = nx + 2, (nx + 2) * (ny + 2)                     # strides of y and z in flat
-    neighbours = np.empty(26, np.int64)                      # the 26 neighbours' offsets in flat
-    j = 0
-    for dz in range(-1, 2):
-        for dy in range(-1, 2):
-            for dx in range(-1, 2):
-                if dz or dy or dx:
-                    neighbours[j] = dz * sz + dy * sy + dx
-                    j += 1
-    n, best, best_voxels = 0, 0, 0
-    for z in range(1, nz + 1):
-        for y in range(1, ny + 1):
-            for x in range(1, nx + 1):
-                start = z * sz + y * sy + x
-                if flat[start] != -1:
-                    continue
-                n += 1                                       # a new part: flood it from here
-                flat[start] = n
-                stack[0] = start
-                top, voxels = 1, 0
-                while top:
-                    top -= 1
-                    i = stack[top]
-                    voxels += 1
-                    for j in range(26):                      # the border's zeros stop the flood at the box
-                        d = neighbours[j]
-                        if flat[i + d] == -1:
-                            flat[i + d] = n
-                            stack[top] = i + d
-                            top += 1
-                if voxels > best_voxels:
-                    best, best_voxels = n, voxels
-    sum_x, sum_y, sum_z = 0, 0, 0                            # the largest part's sums and box (in the box)
-    bx0, bx1, by0, by1, bz0, bz1 = nx, 0, ny, 0, nz, 0
-    if best:
-        for z in range(nz):
-            for y in range(ny):
-                for x in range(nx):
-                    if parts[z + 1, y + 1, x + 1] == best:
-                        sum_x += x
-                        sum_y += y
-                        sum_z += z
-                        bx0, bx1 = min(bx0, x), max(bx1, x + 1)
-                        by0, by1 = min(by0, y), max(by1, y + 1)
-                        bz0, bz1 = min(bz0, z), max(bz1, z + 1)
-    v = best_voxels
-    summary[0], summary[1], summary[2], summary[3] = v, sum_x + v * x0, sum_y + v * y0, sum_z + v * z0
-    summary[4], summary[5], summary[6], summary[7] = x0 + bx0, x0 + bx1, y0 + by0, y0 + by1
-    summary[8], summary[9] = z0 + bz0, z0 + bz1
+def _largest_part_kernel(labels, k, x0, x1, y0, y1, z0, z1, summary):
+    # labels: (X, Y, Z) uint8, x fastest; summary: (10,) int64 out: the largest part's voxels, its sums of x, y
+    # and z, and its box [x0, x1, y0, y1, z0, z1) in labels. Parts are unions of runs (the voxels of k along x
+    # in one row (y, z) of the box), numbered by their first run, so in the order the scan meets them.
+    ny, nz = y1 - y0, z1 - z0
+    n = 0
+    for z in range(z0, z1):                                  # count the runs
+        for y in range(y0, y1):
+            inside = False
+            for x in range(x0, x1):
+                here = labels[x, y, z] == k
+                if here and not inside:
+                    n += 1
+                inside = here
+    starts = np.empty(n, np.int64)                           # run r: x in [starts[r], ends[r]) of row rows[r]
+    ends = np.empty(n, np.int64)
+    row_first = np.empty(ny * nz + 1, np.int64)              # the runs of row (y, z): row_first[i] .. [i + 1] - 1
+    r = 0
+    for z in range(z0, z1):
+        for y in range(y0, y1):
+            row_first[(z - z0) * ny + (y - y0)] = r
+            x = x0
+            while x < x1:
+                if labels[x, y, z] == k:
+                    starts[r] = x
+                    while x < x1 and labels[x, y, z] == k:
+                        x += 1
+                    ends[r] = x
+                    r += 1
+                else:
+                    x += 1
+    row_first[ny * nz] = n
+    parent = np.arange(n)
+    for zi in range(nz):                                     # join each row to the rows before it that touch it
+        for yi in range(ny):
+            i = zi * ny + yi
+            a0, a1 = row_first[i], row_first[i + 1]
+            if a0 == a1:
+                continue
+            if yi > 0:
+                _join_rows(parent, starts, ends, a0, a1, row_first[i - 1], row_first[i])
+            if zi > 0:
+                for dy in range(-1, 2):
+                    if 0 <= yi + dy < ny:
+                        j = i - ny + dy
+                        _join_rows(parent, starts, ends, a0, a1, row_first[j], row_first[j + 1])
+    size = np.zeros(n, np.int64)                             # voxels per part, at its root
+    for r in range(n):
+        parent[r] = _find(parent, r)
+        size[parent[r]] += ends[r] - starts[r]
+    best, best_voxels = -1, 0
+    for r in range(n):                                       # roots in scan order: of equal parts the first wins
+        if parent[r] == r and size[r] > best_voxels:
+            best, best_voxels = r, size[r]
+    sum_x, sum_y, sum_z = 0, 0, 0
+    bx0, bx1, by0, by1, bz0, bz1 = labels.shape[0], 0, labels.shape[1], 0, labels.shape[2], 0
+    for i in range(ny * nz):
+        y, z = y0 + i % ny, z0 + i // ny
+        for r in range(row_first[i], row_first[i + 1]):
+            if parent[r] == best:
+                length = ends[r] - starts[r]
+                sum_x += (starts[r] + ends[r] - 1) * length // 2
+                sum_y += y * length
+                sum_z += z * length
+                bx0, bx1 = min(bx0, starts[r]), max(bx1, ends[r])
+                by0, by1 = min(by0, y), max(by1, y + 1)
+                bz0, bz1 = min(bz0, z), max(bz1, z + 1)
+    summary[0], summary[1], summary[2], summary[3] = best_voxels, sum_x, sum_y, sum_z
+    summary[4], summary[5], summary[6], summary[7] = bx0, bx1, by0, by1
+    summary[8], summary[9] = bz0, bz1
 
 
 def largest_part(labels, k, box):
@@ -252,9 +288,8 @@ def largest_part(labels, k, box):
     if labels.ndim != 3 or labels.dtype != np.uint8:
         raise ValueError(f"largest_part: labels must be a 3D uint8 array, got {labels.dtype} {labels.shape}")
     x0, x1, y0, y1, z0, z1 = _checked_box(box, labels.shape, "largest_part")
-    parts = np.zeros((z1 - z0 + 2, y1 - y0 + 2, x1 - x0 + 2), np.int32)
     summary = np.empty(10, np.int64)
-    _largest_part_kernel(np.asfortranarray(labels), np.uint8(k), x0, y0, z0, parts, summary)
+    _largest_part_kernel(np.asfortranarray(labels), np.uint8(k), x0, x1, y0, y1, z0, z1, summary)
     voxels = int(summary[0])
     if not voxels:                                           # boxes of absent labels as label_boxes gives them
         return 0, np.full(3, np.nan), np.array([labels.shape[0], 0, labels.shape[1], 0, labels.shape[2], 0])
