@@ -349,7 +349,8 @@ def _stages(plan: list[Layer], part: str) -> list[Stage]:
 def from_file(path) -> Network:
     """A Network from an npunet weights file (verified by npunet.weights.read_weights), its kernels compiled
     for this machine (npunet.precompile: on a first run only, in two processes where there are two cores) and
-    its kernel work sizes in place (npunet.tuning: stored, or measured once, about a second, on a first run).
+    its kernel work sizes in place (npunet.tuning: stored, or measured once, 0.5 s, on the run after the
+    first).
     Its weights_sha256 is the file's SHA-256 (what `sha256sum` prints), recorded in the outputs that name
     the model."""
     from npunet import precompile, tuning
@@ -357,7 +358,7 @@ def from_file(path) -> Network:
     header, tensors = read_weights(path)
     net = Network(header["spec"], tensors, header["labels"], header["preprocessing"], header.get("metadata"),
                   weights_sha256=header["file_sha256"])
-    precompile.ensure(net.kernels())
-    tuning.tiles()
+    compiled = precompile.ensure(net.kernels())
+    tuning.tiles(defer=bool(compiled))         # a first run: measured on the next one
     net.weights_path = str(Path(path).absolute())       # recorded in a run's report (npunet.io.report)
     return net

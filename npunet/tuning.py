@@ -11,7 +11,8 @@ At first use (`tiles()`, called when a network is loaded from its file, npunet.n
 kernel cache, which is already per build tag (CPU name and features, kernel sources, numba and llvmlite
 versions; npunet.kernels._numba); the file is also keyed by the CPU model and npunet's version. When it is
 missing or keyed otherwise, a short pass (about a second) times each candidate on a decoder-sized conv and
-stores the fastest. `npunet tune` redoes the pass; $NPUNET_TILES=default skips it and keeps the built-in values.
+stores the fastest; not on a first run, which has just compiled the kernels and keeps the built-in values
+(the next run measures), so that a new user waits for the compilation alone. `npunet tune` redoes the pass; $NPUNET_TILES=default skips it and keeps the built-in values.
 """
 
 from __future__ import annotations
@@ -66,14 +67,18 @@ def describe() -> str:
             f"({choice.get('source', '?')})")
 
 
-def tiles() -> dict:
-    """The work sizes for this machine, applied: stored ones, else measured now and stored. Once per process."""
+def tiles(defer: bool = False) -> dict:
+    """The work sizes for this machine, applied: stored ones, else measured now and stored. Once per process.
+    defer (a first run, which has just compiled the kernels): with none stored, the built-in defaults for this
+    process, the measurement (0.5 s on a 2-core Xeon) left to the next run; the results are the same bits
+    whatever the sizes (tests/test_tuning.py), only the speed can differ a little."""
     global _chosen
     if _chosen is None:
         if os.environ.get("NPUNET_TILES") == "default":
             choice = dict(DEFAULTS, source="built-in defaults ($NPUNET_TILES=default)")
         else:
-            choice = _load() or tune()
+            choice = _load() or (dict(DEFAULTS, source="built-in defaults (a first run: measured on the next)")
+                                 if defer else tune())
         apply(choice)
         _chosen = choice
     return _chosen

@@ -90,6 +90,22 @@ def test_a_choice_for_another_machine_or_a_bad_file_is_measured_again(wisdom, mo
     assert json.loads(wisdom.read_text())["key"] == tuning.wisdom_key()
 
 
+def test_a_first_run_keeps_the_defaults_and_the_next_measures(wisdom, monkeypatch):
+    """tiles(defer=True) (from_file after compiling the kernels) measures nothing and stores nothing when no
+    choice is stored; a later process measures and stores; a stored choice is used even on a first run."""
+    monkeypatch.setattr(tuning, "tune", lambda **_: pytest.fail("measured on a first run"))
+    choice = tuning.tiles(defer=True)
+    assert {k: choice[k] for k in tuning.DEFAULTS} == tuning.DEFAULTS and "first run" in choice["source"]
+    assert not wisdom.exists()
+    monkeypatch.undo()                                        # the fixture's patches too: set them again
+    monkeypatch.setattr(tuning, "wisdom_path", lambda: wisdom)
+    monkeypatch.setattr(tuning, "_chosen", None)
+    assert tuning.tiles()["source"].startswith("measured") and wisdom.exists()
+    monkeypatch.setattr(tuning, "_chosen", None)
+    monkeypatch.setattr(tuning, "tune", lambda **_: pytest.fail("measured again despite a stored choice"))
+    assert tuning.tiles(defer=True)["source"].startswith("measured")
+
+
 def test_npunet_tiles_default_skips_the_measurement(wisdom, monkeypatch):
     monkeypatch.setenv("NPUNET_TILES", "default")
     monkeypatch.setattr(tuning, "tune", lambda **_: pytest.fail("measured despite NPUNET_TILES=default"))
