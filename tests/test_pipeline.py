@@ -69,6 +69,19 @@ def test_stack_25d_clamps_at_the_ends():
     assert [list(s[b, :, 0, 0]) for b in range(3)] == [[0, 0, 1], [1, 2, 3], [2, 3, 3]]
 
 
+@pytest.mark.parametrize("layout", ["F", "C", "flipped", "transposed"])
+def test_slab_25d_copies_in_blocks_as_one_copy(layout):
+    """slab_25d copies the slices in blocks of columns: the same array as one copy, for any memory layout of
+    the canonical view and a width that is not a multiple of the block."""
+    from npunet.preprocess import SLAB_COLUMNS, slab_25d
+    vol = np.random.default_rng(4).standard_normal((23, 2 * SLAB_COLUMNS + 13, 9)).astype(np.float32)
+    view = {"F": np.asfortranarray(vol), "C": vol, "flipped": np.asfortranarray(vol)[::-1, ::-1],
+            "transposed": np.asfortranarray(vol.transpose(1, 0, 2)).transpose(1, 0, 2)}[layout]
+    slab, taps = slab_25d(view, [2, 3, 4, 5], context=1)
+    assert slab.flags.c_contiguous and slab.dtype == np.float32
+    assert np.array_equal(slab, np.moveaxis(view[:, :, 1:7], 2, 0)) and taps.tolist()[0] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("shape,zs", [((40, 30, 12), [0, 1, 2, 3, 4, 5, 6, 7]), ((40, 30, 12), [11, 0, 5]),
                                       ((64, 64, 5), [4])])
 def test_prepare_slices_equals_the_steps_one_by_one(shape, zs):
