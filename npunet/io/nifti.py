@@ -282,7 +282,7 @@ def _gunzip(data: bytes, limit: int, name, whole: bool = False, inflate=None, si
     parts, total, pos, extra = [], 0, 0, 0
     view = memoryview(data)
     stream, pending = inflate.decompressobj(wbits=31), b""
-    chunk_out = limit if sink is None else GZIP_CHUNK // 4     # a sink converts while the next piece inflates
+    chunk_out = limit if sink is None else GZIP_CHUNK     # a sink converts while the next piece inflates
     try:
         while total < limit or whole:
             if not pending:
