@@ -137,7 +137,7 @@ def open_image(path: str | os.PathLike, float32: bool = False):
                 # (a 512x512x300 CT, Intel Xeon family 6 model 167)
         hashing = threading.Thread(target=digest.update, args=(blob,), name="npunet-input-sha256")
         hashing.start()
-        voxels = VoxelsAsFloat32(hdr, end) if float32 else None
+        voxels = VoxelsAsFloat32(hdr) if float32 else None
         try:
             raw = _gunzip(blob, limit=end, name=path, whole=True, sink=voxels and voxels.take)
             if voxels is not None:
@@ -182,7 +182,7 @@ class VoxelsAsFloat32:
 
     PIECE = 4 * 2**20                  # stored bytes converted per step (a few MB: the temporaries stay small)
 
-    def __init__(self, header, end: int):
+    def __init__(self, header):
         proxy = nib.arrayproxy.ArrayProxy(None, header)      # what nibabel would read the voxels with
         self.stored = proxy.dtype
         self.slope, self.inter = proxy.slope, proxy.inter
@@ -191,7 +191,6 @@ class VoxelsAsFloat32:
         self.cast_only = (float(self.slope), float(self.inter)) == (1.0, 0.0) and (
             self.stored.kind == "f" or self.stored.itemsize <= 4)
         self.offset = int(header.get_data_offset())
-        self.end = end
         self.data = np.empty(int(np.prod(proxy.shape, dtype=np.int64)), np.float32)
         self.head = bytearray()
         self.carry = b""               # the bytes of a voxel split between two pieces
@@ -350,9 +349,9 @@ def read_ct(path: str | os.PathLike, assume_orientation: str | None = None) -> n
     except (EOFError, zlib.error, ValueError, OSError) as exc:
         raise InputError(f"{path}: truncated or corrupt image data ({one_line(exc, path)})") from None
     check_orientation(img.header, str(path), assume_orientation)
-    stored = img.dataobj                      # the proxy (never read): its type and scaling tell _in_memory
-    if len(img.shape) > 3:                    # whether the voxels can hold NaN or Inf; a 4D image is sliced
-        img = type(img)(data, img.affine, img.header, extra=dict(img.extra))     # in memory, not the proxy
+    stored = img.dataobj          # the file's proxy, never read: its type and scaling tell whether NaN or Inf can be
+    if len(img.shape) > 3:        # a 4D image (trailing axes of size 1) is sliced as an array, not as the proxy
+        img = type(img)(data, img.affine, img.header, extra=dict(img.extra))
         img.set_filename(str(path))
         img = _three_d(img, str(path))
         data = np.asarray(img.dataobj)
