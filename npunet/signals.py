@@ -45,8 +45,16 @@ def at_interruption(callback) -> None:
 def _on_signal(signum, frame):
     global _pending
     ignore()                              # the clean-up that follows must not be cut short
+    sys.unraisablehook = _quiet_after_signal
     _pending = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
     raise _pending
+
+
+def _quiet_after_signal(unraisable) -> None:
+    """sys.unraisablehook once a signal has come: the exception raised by the handler can cut a third-party
+    object half-built (llvmlite's OutputString before its pointer is set, during a first run's compilation),
+    and its destructor's error, which Python prints as "Exception ignored in ...", would follow the one line;
+    the process is ending, so such errors are dropped."""
 
 
 def raise_pending() -> None:

@@ -379,3 +379,28 @@ def test_interrupted_process_ends_without_the_interpreter_shutdown(tmp_path):
     print(f"\n  rc {proc.returncode}, stderr {proc.stderr.strip().splitlines()}")
     assert proc.returncode == 130
     assert proc.stderr.strip().splitlines() == ["npunet segment: interrupted"]
+
+
+def test_a_destructor_of_an_object_the_signal_cut_half_built_stays_quiet():
+    """The handler's exception can land inside a third-party constructor (llvmlite's, during a first run's
+    compilation); that object's destructor then fails, and Python would print "Exception ignored in ..."
+    after the one line. After a signal such errors are dropped (npunet.signals._quiet_after_signal)."""
+    code = """
+import os, signal, sys
+from npunet import signals
+from npunet.errors import Terminated
+signals.install()
+class HalfBuilt:
+    def __init__(self):
+        os.kill(os.getpid(), signal.SIGTERM)      # the handler raises here, before `pointer` is set
+        self.pointer = 1
+    def __del__(self):
+        self.pointer                              # AttributeError, as llvmlite's OutputString._ptr
+try:
+    HalfBuilt()
+except Terminated:
+    print("terminated", file=sys.stderr)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    print(f"\n  stderr: {proc.stderr.strip()!r}", end="")
+    assert proc.returncode == 0 and proc.stderr.strip() == "terminated"
