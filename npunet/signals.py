@@ -13,7 +13,9 @@ Python ignores an exception raised where it cannot propagate (a weakref callback
 __del__): a signal that lands there would be lost and the run would go on to exit 0. So the handler also
 keeps the exception as pending until finish_interrupted reports it, and raise_pending() raises it again at
 the points that must not be passed after a signal: the end of start-up, the publication of an output and
-the end of a command.
+the end of a command. Python's own report of such an ignored exception ("Exception ignored in ..."), and of
+a destructor failing on an object the exception cut half-built, is dropped once a signal has come
+(_quiet_after_signal): the one line stays the only one.
 
 What must be undone after a signal registers itself with `at_interruption(callback)` (npunet.publish
 registers the removal of its temporary files): this module sits below everything and imports none of them.
