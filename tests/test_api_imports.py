@@ -115,3 +115,21 @@ def test_reused_buffers_ask_for_huge_pages():
     out = subprocess.run([sys.executable, "-c", SMAPS_CODE], cwd=str(REPO), capture_output=True, text=True,
                          env=dict(os.environ, NUMPY_MADVISE_HUGEPAGE="0"), check=True, timeout=300).stdout
     assert out.split() == ["ADVISED", "True", "0", "1", "False"]
+
+
+def test_the_command_imports_nibabel_without_pydicom():
+    """The `npunet` command imports nibabel without its optional pydicom (npunet.third_party says why); pydicom
+    is still importable afterwards (a DICOM input needs it), and nibabel keeps DICOM extensions as raw ones."""
+    code = ("import sys; from npunet.third_party import import_nibabel_without_pydicom as f; done = f(); "
+            "import nibabel.nifti1 as n; print(done, 'pydicom' in sys.modules, n.have_dicom, "
+            "n.extension_codes.handler[2].__name__); import pydicom; print(pydicom.__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    print(f"\n  {proc.stdout.split()} {proc.stderr.strip()[-200:]}", end="")
+    lines = proc.stdout.split("\n")
+    assert lines[0] == "True False False Nifti1Extension"
+    assert lines[1] == "pydicom" or "No module named 'pydicom'" in proc.stderr
+    cli = ("import contextlib, io, sys\nfrom npunet.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+           "    try:\n        main(['segment', '--help'])\n    except SystemExit:\n        pass\n"
+           "print('nibabel' in sys.modules, 'pydicom' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", cli], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["True", "False"], proc.stderr[-300:]   # the command's modules loaded nibabel

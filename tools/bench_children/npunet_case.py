@@ -14,6 +14,10 @@ from npunet.resources import small_pages_for_large_arrays  # noqa: E402
 
 small_pages_for_large_arrays()          # as the `npunet` command, before NumPy is imported
 
+from npunet.third_party import import_nibabel_without_pydicom  # noqa: E402
+
+import_nibabel_without_pydicom()        # as the `npunet` command (npunet.cli.main)
+
 from npunet import api, signals  # noqa: E402
 
 
