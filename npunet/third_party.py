@@ -149,9 +149,9 @@ def import_nibabel_without_pydicom() -> bool:
     before its command module loads). nibabel.nifti1 imports pydicom, when installed (the `dicom` extra), only
     to decode DICOM extensions of NIfTI headers into datasets; without it nibabel keeps them as raw bytes,
     which npunet never reads (its outputs drop the input's extensions: npunet.io.nifti.labels_image). That
-    import took 0.14 s of every command's start-up
-    (Intel Xeon family 6 model 167, `python -X importtime`). pydicom itself stays importable: a DICOM input
-    imports it as usual. Returns whether nibabel was imported this way."""
+    import took 0.14 s of every command's start-up (Intel Xeon family 6 model 167, `python -X importtime`).
+    pydicom itself stays importable: a DICOM input imports it as usual. Returns whether nibabel was imported
+    this way."""
     if "nibabel" in sys.modules or "pydicom" in sys.modules:
         return False
     sys.modules["pydicom"] = None              # `import pydicom` raises ImportError meanwhile

@@ -12,7 +12,8 @@ kernel cache, which is already per build tag (CPU name and features, kernel sour
 versions; npunet.kernels._numba); the file is also keyed by the CPU model and npunet's version. When it is
 missing or keyed otherwise, a short pass (about a second) times each candidate on a decoder-sized conv and
 stores the fastest; not on a first run, which has just compiled the kernels and keeps the built-in values
-(the next run measures), so that a new user waits for the compilation alone. `npunet tune` redoes the pass; $NPUNET_TILES=default skips it and keeps the built-in values.
+(the next run measures), so that a new user waits for the compilation alone. `npunet tune` redoes the pass;
+$NPUNET_TILES=default skips it and keeps the built-in values.
 """
 
 from __future__ import annotations
