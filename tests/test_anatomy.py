@@ -183,7 +183,7 @@ def test_statistics_carry_the_checks_and_labels_are_unchanged(data_dir, tmp_path
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_largest_part_equals_scipy_reference(seed, order):
-    """morphology.largest_part (a flood fill in Numba) and anatomy.largest_part_reference (scipy.ndimage.label)
+    """morphology.largest_part (union-find over runs, in Numba) and anatomy.largest_part_reference (scipy.ndimage.label)
     find the same part (voxels, centroid, box), on random maps sparse enough to break into many parts, some of
     equal size."""
     from npunet.anatomy import largest_part_reference

@@ -211,7 +211,7 @@ class VoxelsAsFloat32:
         piece = piece[:max(room, 0)]   # bytes past the voxels (a NIfTI file's slack) are not voxels
         if self.carry and len(piece):
             n = self.stored.itemsize - len(self.carry)
-            joined, piece = bytes(self.carry) + bytes(piece[:n]), piece[n:]
+            joined, piece = self.carry + bytes(piece[:n]), piece[n:]
             self.carry = b""
             if len(joined) < self.stored.itemsize:
                 self.carry = joined

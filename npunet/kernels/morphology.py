@@ -220,7 +220,7 @@ def _largest_part_kernel(labels, k, x0, x1, y0, y1, z0, z1, summary):
                 if here and not inside:
                     n += 1
                 inside = here
-    starts = np.empty(n, np.int64)                           # run r: x in [starts[r], ends[r]) of row rows[r]
+    starts = np.empty(n, np.int64)                           # run r: x in [starts[r], ends[r]) of its row
     ends = np.empty(n, np.int64)
     row_first = np.empty(ny * nz + 1, np.int64)              # the runs of row (y, z): row_first[i] .. [i + 1] - 1
     r = 0
