@@ -226,6 +226,8 @@ def main(argv: list[str]) -> int:
     """The helper process: compile the kernels of argv[2:] that it claims in argv[0], if its build tag and
     cache folder are the caller's (argv[1]); otherwise nothing (the caller then compiles them)."""
     claims, tag, names = argv[0], argv[1], argv[2:]
+    from npunet.third_party import set_up_numba_without_blas
+    set_up_numba_without_blas()            # as the command that started this process (npunet.cli)
     from npunet.kernels import _numba
     if tag != _numba.BUILD_TAG or not os.path.isdir(claims):
         return 1

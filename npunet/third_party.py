@@ -160,3 +160,22 @@ def import_nibabel_without_pydicom() -> bool:
     finally:
         del sys.modules["pydicom"]
     return True
+
+
+def set_up_numba_without_blas() -> bool:
+    """Let Numba set itself up without importing scipy.linalg, when neither is imported yet (the `npunet`
+    commands that segment, and the helper process that compiles kernels on a first run). Numba's first
+    compilation or cache load imports numba.np.arraymath, which checks for a BLAS by importing
+    scipy.linalg.cython_blas: scipy.linalg and its array-API layer, which imports numpy.f2py, 0.17 s of every
+    start-up (Intel Xeon family 6 model 167, `python -X importtime`). What that check decides (numba.np.arraymath
+    _HAVE_BLAS) only picks how np.correlate and np.convolve compute their inner products, which no npunet
+    kernel calls; np.dot and np.linalg in jitted code still import scipy.linalg themselves when they compile.
+    scipy.linalg stays importable. Returns whether Numba was set up this way."""
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return False
+    sys.modules["scipy.linalg.cython_blas"] = None     # Numba's check then fails at once, importing nothing
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        del sys.modules["scipy.linalg.cython_blas"]
+    return True

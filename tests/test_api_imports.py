@@ -133,3 +133,43 @@ def test_the_command_imports_nibabel_without_pydicom():
            "print('nibabel' in sys.modules, 'pydicom' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", cli], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["True", "False"], proc.stderr[-300:]   # the command's modules loaded nibabel
+
+
+def test_segmenting_commands_set_numba_up_without_scipy_linalg(tmp_path):
+    """`npunet segment` lets Numba set itself up without importing scipy.linalg (npunet.third_party says why):
+    a whole segment in a fresh interpreter leaves scipy.linalg unimported, Numba's np.dot still compiles (it
+    imports scipy.linalg itself) and gives the right product, and scipy.linalg's BLAS stays importable."""
+    code = """
+import contextlib, io, sys
+import nibabel as nib
+import numpy as np
+from npunet.cli import main
+ct, out = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+nib.save(nib.Nifti1Image(rng.integers(-200, 300, (64, 64, 5)).astype(np.int16), np.diag([1.5, 1.5, 3, 1])), ct)
+code = main(["segment", ct, "-o", out, "--quiet"])
+print("AFTER_SEGMENT", code, "scipy.linalg" in sys.modules)
+import numba
+a = np.arange(6.0).reshape(2, 3)
+product = numba.njit(lambda x, y: np.dot(x, y))(a, a.T)
+print("DOT", np.array_equal(product, a @ a.T), "scipy.linalg" in sys.modules)
+import scipy.linalg.cython_blas
+print("BLAS", scipy.linalg.cython_blas.__name__)
+"""
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ct.nii.gz"), str(tmp_path / "out.nii.gz")],
+                          cwd=str(REPO), capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("AFTER_SEGMENT", "DOT", "BLAS"))]
+    print(f"\n  {lines} {proc.stderr.strip()[-300:]}", end="")
+    assert lines == ["AFTER_SEGMENT 0 False", "DOT True True", "BLAS scipy.linalg.cython_blas"], proc.stderr[-500:]
+
+
+def test_numba_set_up_without_blas_only_when_nothing_is_imported_yet():
+    """set_up_numba_without_blas does nothing once Numba's array functions or scipy.linalg are imported (a
+    library user's process, or a second call), and says so."""
+    code = ("import sys; from npunet.third_party import set_up_numba_without_blas as f; "
+            "print(f(), f(), 'scipy.linalg' in sys.modules, 'numba.np.arraymath' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["True", "False", "False", "True"], proc.stderr[-300:]
+    code = "import scipy.linalg; from npunet.third_party import set_up_numba_without_blas as f; print(f())"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["False"], proc.stderr[-300:]
