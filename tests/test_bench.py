@@ -3,6 +3,7 @@ printed by tools/bench_children/npunet_case.py), adds up to the wall time, and r
 No timing is asserted: only that every stage is there and the arithmetic holds."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -59,3 +60,20 @@ def test_startup_child_reports_what_it_imported():
                          capture_output=True, text=True, cwd=str(bench.REPO), check=True).stdout
     rec = json.loads(next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))[11:])
     assert rec["total_s"] > 0 and "imported" in rec
+
+
+def test_numba_floor_child_sets_numba_up_with_and_without_scipy_linalg(tmp_path):
+    """The floor rows of --startup: Numba alone, with its defaults (its first cache load imports scipy.linalg)
+    and as `npunet segment` sets it up (without); each child is run once to fill the cache, then timed."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    records = {}
+    for flag in ([], ["--without-blas"]):
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-m", "tools.bench_children.numba_floor", *flag], env=env,
+                                 capture_output=True, text=True, cwd=str(bench.REPO), check=True).stdout
+        records[bool(flag)] = json.loads(next(line for line in out.splitlines()
+                                              if line.startswith("BENCH_JSON "))[11:])
+    print(f"\n  defaults {records[False]['total_s']:.2f} s, without scipy.linalg {records[True]['total_s']:.2f} s",
+          end="")
+    assert records[False]["scipy_linalg"] is True and records[True]["scipy_linalg"] is False
+    assert all(r["numpy_s"] > 0 and r["numba_s"] > 0 and r["first_cached_call_s"] > 0 for r in records.values())

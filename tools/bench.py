@@ -33,8 +33,10 @@ preprocess + write, the rest of segment, each with its share of the wall time, a
 getrusage(RUSAGE_SELF).ru_maxrss at exit). --runs N times N runs per size and shows the one of median wall
 time. --startup times, in fresh subprocesses, the README's first command (`npunet segment` of ts_chest_0000)
 with an empty NUMBA_CACHE_DIR (compilation), the bare start-up (import, weights loaded and verified, one
-forward of one slice) with an empty cache (cold) and with that cache present (warm). The header names the
-CPU; --json keeps every figure.
+forward of one slice) with an empty cache (cold) and with that cache present (warm), and the floor of any warm
+start built on Numba (tools/bench_children/numba_floor.py: import numpy and numba, one trivial function from
+Numba's cache; with Numba's defaults, and set up as `npunet segment` sets it up). The header names the CPU;
+--json keeps every figure.
 """
 
 from __future__ import annotations
@@ -311,8 +313,18 @@ def bench_startup(threads: int, runs: int = 1) -> list[dict]:
     for i in range(3):
         rows.append({"run": f"warm start {i + 1} (cache present)", "kind": "warm",
                      **run_child("startup", ["--threads", str(threads)], env)})
+    floor_env = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="npunet_numba_cache_")}
+    for flag, what in (([], "its defaults"), (["--without-blas"], "no scipy.linalg")):
+        run_child("numba_floor", flag, floor_env)                               # fills the cache
+        for i in range(3):
+            rec = run_child("numba_floor", flag, floor_env)
+            rows.append({"run": f"floor {i + 1}: Numba alone, {what}", "kind": "floor", **rec,
+                         "import_load_s": rec["numpy_s"] + rec["numba_s"],
+                         "first_forward_s": rec["first_cached_call_s"]})
     # "start s" is the start-up itself: import, weights, kernels, first forward; the process wall adds the
-    # interpreter's own start and exit (at exit, the final garbage collection of Numba's objects).
+    # interpreter's own start and exit (at exit, the final garbage collection of Numba's objects). The floor
+    # rows: what any warm start built on Numba takes (import numpy and numba: "import+load"; Numba's first
+    # cache load, of a trivial function: "first forward").
     print(f"{'run':<44} {'import+load s':>13} {'first forward s':>16} {'start s':>8} {'process wall s':>15}")
 
     def cell(value, width):
