@@ -1,7 +1,8 @@
 """One whole case through npunet in a fresh process, as `npunet segment CT -o OUT --overwrite --quiet ...`
 does it (npunet.api.segment, the function the command calls), printing `BENCH_JSON {...}`: the case's read,
 segment and write seconds and the pipeline's stages (npunet.case.CaseResult), the seconds in this process,
-and its peak resident memory."""
+its peak resident memory, and the CPU seconds of this process and its children (on a first run, the helper
+that compiles half of the kernels: npunet.precompile)."""
 
 import json
 import resource
@@ -33,7 +34,9 @@ def main(argv) -> int:
     record = {"rc": 0 if result.ok else 1, "read": result.read_seconds, "segment": result.segment_seconds,
               "write": result.write_seconds, "timings": result.timings,
               "in_process_s": time.perf_counter() - t_start,
-              "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+              "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+              "cpu_s": sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                             resource.getrusage(resource.RUSAGE_CHILDREN)))}
     print("BENCH_JSON " + json.dumps(record), flush=True)
     import gc
     gc.freeze()                         # as the `npunet` command: no final collection of Numba's objects
