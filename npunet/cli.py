@@ -59,12 +59,11 @@ def main(argv: list[str] | None = None, **inject) -> int:
     """Run one `npunet` command line; its exit code. `inject` passes stand-ins to the command's run (e.g.
     model= and segment_volume= to `npunet segment`, for tests): arguments, never patched modules."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    from npunet.third_party import import_nibabel_without_pydicom
+    from npunet.third_party import import_nibabel_without_pydicom, set_up_numba_without_blas
     import_nibabel_without_pydicom()       # before the command's module imports nibabel (third_party says why)
     command = next((a for a in argv if not a.startswith("-")), None)
     command = command if command in COMMANDS else None
     if command in SEGMENTING:
-        from npunet.third_party import set_up_numba_without_blas
         set_up_numba_without_blas()        # 0.17 s less start-up (third_party says why)
     try:
         parser = build_parser(command)

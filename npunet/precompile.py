@@ -156,8 +156,7 @@ def ensure(names, processes: int | None = None) -> list[str]:
     if not todo or numba.config.DISABLE_JIT:
         return []
     if processes is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        processes = min(2, cores)
+        processes = compile_processes()
     helper = None
     with tempfile.TemporaryDirectory(prefix="npunet-compile-") as claims:
         if processes > 1 and len(todo) > 1 and _writable(_cache_dir()):
@@ -181,6 +180,13 @@ def ensure(names, processes: int | None = None) -> list[str]:
         except OSError:
             pass                           # a read-only cache: compiled again by the next process
     return todo
+
+
+def compile_processes() -> int:
+    """How many processes share a first run's compilation: two where this process may run on two cores or
+    more (its affinity mask where the OS has one), else one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(2, cores)
 
 
 def _writable(folder: Path) -> bool:

@@ -140,7 +140,7 @@ def test_segmenting_commands_set_numba_up_without_scipy_linalg(tmp_path):
     a whole segment in a fresh interpreter leaves scipy.linalg unimported, Numba's np.dot still compiles (it
     imports scipy.linalg itself) and gives the right product, and scipy.linalg's BLAS stays importable."""
     code = """
-import contextlib, io, sys
+import sys
 import nibabel as nib
 import numpy as np
 from npunet.cli import main

@@ -332,11 +332,11 @@ def bench_startup(threads: int, runs: int = 1) -> list[dict]:
     for r in rows:
         print(f"{r['run']:<44} {cell(r['import_load_s'], 13)} {cell(r['first_forward_s'], 16)} "
               f"{cell(r['total_s'], 8)} {r['wall_s']:>15.2f}")
+    from npunet.precompile import compile_processes
     for r in rows:
         if r["kind"] == "first_run":           # what compiling costs, whoever does it: the wall's floor
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             print(f"  {r['run']}: {r['cpu_s']:.1f} s of CPU in the command and its compiling helper, at least "
-                  f"{r['cpu_s'] / min(2, cores):.1f} s of wall time on {min(2, cores)} core(s)")
+                  f"{r['cpu_s'] / compile_processes():.1f} s of wall time on {compile_processes()} core(s)")
     if not ct.is_file():
         print(f"  (no first run of the README's CT: {ct} not found; set NPUNET_DATA)")
     return rows

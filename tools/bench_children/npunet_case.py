@@ -15,12 +15,9 @@ from npunet.resources import small_pages_for_large_arrays  # noqa: E402
 
 small_pages_for_large_arrays()          # as the `npunet` command, before NumPy is imported
 
-from npunet.third_party import import_nibabel_without_pydicom  # noqa: E402
+from npunet.third_party import import_nibabel_without_pydicom, set_up_numba_without_blas  # noqa: E402
 
 import_nibabel_without_pydicom()        # as the `npunet` command (npunet.cli.main)
-
-from npunet.third_party import set_up_numba_without_blas  # noqa: E402
-
 set_up_numba_without_blas()             # as `npunet segment` (npunet.cli.main)
 
 from npunet import api, signals  # noqa: E402
